@@ -1,0 +1,49 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let strict: [SwiftSetting] = [.enableUpcomingFeature("ExistentialAny")]
+
+let package = Package(
+    name: "plasmavmc",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "plasmavmc", targets: ["plasmavmc"]),
+        .library(name: "PlasmaQMP", targets: ["PlasmaQMP"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // C helpers: posix_spawn with setsid, unix-socket connect, /proc reading.
+        .target(name: "CPlasmaSys"),
+        // Value types, validation, the state model and errors. No I/O.
+        .target(name: "PlasmaCore", swiftSettings: strict),
+        // QMP client. Imports none of our modules so it is usable alone.
+        .target(name: "PlasmaQMP", dependencies: ["CPlasmaSys"], swiftSettings: strict),
+        // The protocols every backend implements.
+        .target(name: "PlasmaHypervisor", dependencies: ["PlasmaCore"], swiftSettings: strict),
+        // QEMU/KVM backend: command line, runtime folder, process, QMP.
+        .target(name: "PlasmaKVM",
+                dependencies: ["PlasmaHypervisor", "PlasmaQMP", "CPlasmaSys"],
+                swiftSettings: strict),
+        // The one internal API every front end uses.
+        .target(name: "PlasmaVMM", dependencies: ["PlasmaHypervisor"], swiftSettings: strict),
+        .executableTarget(
+            name: "plasmavmc",
+            dependencies: [
+                "PlasmaVMM", "PlasmaKVM",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict),
+        // Test doubles shared by the test targets.
+        .target(name: "PlasmaTestSupport",
+                dependencies: ["PlasmaHypervisor", "PlasmaQMP", "CPlasmaSys"],
+                swiftSettings: strict),
+        .testTarget(name: "PlasmaCoreTests", dependencies: ["PlasmaCore"]),
+        .testTarget(name: "PlasmaQMPTests", dependencies: ["PlasmaQMP", "PlasmaTestSupport"]),
+        .testTarget(name: "PlasmaVMMTests", dependencies: ["PlasmaVMM", "PlasmaTestSupport"]),
+        .testTarget(name: "PlasmaKVMTests",
+                    dependencies: ["PlasmaKVM", "PlasmaVMM", "PlasmaTestSupport"]),
+        .testTarget(name: "CLITests", dependencies: ["PlasmaTestSupport"]),
+    ]
+)

@@ -1,0 +1,32 @@
+#ifndef CPLASMASYS_H
+#define CPLASMASYS_H
+
+#include <sys/types.h>
+#include <stdint.h>
+
+/// Spawns `path` with `argv` (NULL-terminated) and the current environment.
+/// stdin/stdout/stderr are dup'ed from the given fds (-1 means /dev/null).
+/// All other fds are closed in the child. With `new_session` the child calls setsid().
+/// Returns 0 and sets *pid, or an errno value.
+int plasma_spawn(const char *path, char *const argv[], int stdin_fd, int stdout_fd,
+                 int stderr_fd, int new_session, pid_t *pid);
+
+/// Connects a new SOCK_STREAM unix socket (close-on-exec) to `path`.
+/// Returns the fd, or -errno. -ENAMETOOLONG when the path does not fit sun_path.
+int plasma_unix_connect(const char *path);
+
+/// Creates a listening unix socket at `path` (for test servers). Returns fd or -errno.
+int plasma_unix_listen(const char *path, int backlog);
+
+/// Field 22 of /proc/PID/stat (start time in clock ticks) and the state letter.
+/// Returns 0 on success, -1 if the process does not exist.
+int plasma_proc_stat(pid_t pid, uint64_t *start_time, char *state);
+
+/// waitpid wrapper returning the decoded status: *exited=1 and *code for a normal exit,
+/// *exited=0 and *code=signal for a signal death. Returns the pid, 0, or -errno.
+int plasma_waitpid(pid_t pid, int nohang, int *exited, int *code);
+
+/// Largest unix socket path length accepted (sizeof sun_path - 1).
+int plasma_unix_path_max(void);
+
+#endif

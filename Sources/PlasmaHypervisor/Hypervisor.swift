@@ -1,0 +1,73 @@
+@_exported import PlasmaCore
+
+/// Which step of a stop ended the VM.
+public enum StopStep: String, Sendable, Codable, CustomStringConvertible {
+    /// The guest powered off after an ACPI powerdown.
+    case powerdown
+    /// QEMU obeyed QMP `quit`.
+    case quit
+    /// QEMU exited on SIGTERM.
+    case sigterm
+    /// QEMU had to be killed with SIGKILL.
+    case sigkill
+    /// QEMU was already gone (e.g. a crashed VM); only the record was updated.
+    case alreadyGone = "already-gone"
+
+    public var description: String { rawValue }
+}
+
+/// The outcome of a stop: which step worked and how long the whole stop took.
+public struct StopOutcome: Sendable, Hashable {
+    public var step: StopStep
+    public var elapsed: Duration
+    public init(step: StopStep, elapsed: Duration) {
+        self.step = step
+        self.elapsed = elapsed
+    }
+}
+
+/// What a front end shows about one VM.
+public struct VMInfo: Sendable, Hashable {
+    public var spec: VMSpec
+    public var status: VMStatus
+    /// Where the backend keeps the VM's files, if it has such a place.
+    public var runtimeDirectory: String?
+    public init(spec: VMSpec, status: VMStatus, runtimeDirectory: String?) {
+        self.spec = spec
+        self.status = status
+        self.runtimeDirectory = runtimeDirectory
+    }
+}
+
+/// A VM backend. Implementations derive state each time from the real world; they do not
+/// check the transition table (the VM manager does) but must never report a dead process as
+/// live. Every method throws `PlasmaError`.
+public protocol Hypervisor: Sendable {
+    /// A short name for messages, e.g. "qemu".
+    var name: String { get }
+
+    /// Launches the VM paused. Legal when no VM of that name exists. Leaves nothing behind on
+    /// failure.
+    func create(_ spec: VMSpec) async throws -> VMStatus
+    /// Runs a created VM, or relaunches a stopped or crashed one and runs it.
+    func start(_ name: VMName) async throws -> VMStatus
+    /// The VM's state, derived now.
+    func status(_ name: VMName) async throws -> VMStatus
+    /// The VM's spec, status and files.
+    func info(_ name: VMName) async throws -> VMInfo
+    /// Graceful powerdown until `timeout` is nearly spent, then forced steps.
+    func stop(_ name: VMName, timeout: Duration) async throws -> StopOutcome
+    /// Ends the VM at once.
+    func kill(_ name: VMName) async throws
+    func pause(_ name: VMName) async throws
+    func resume(_ name: VMName) async throws
+    /// Removes every trace of a VM whose process is gone.
+    func delete(_ name: VMName) async throws
+    /// Every VM this backend knows, from any process.
+    func list() async throws -> [VMName]
+    /// The VM's console output so far (at most the last `maxBytes`).
+    func consoleLog(_ name: VMName, maxBytes: Int?) async throws -> String
+    /// Runs `body` while holding the VM's lock, shared with every other process.
+    func withExclusiveAccess<T: Sendable>(to name: VMName, timeout: Duration,
+                                          _ body: @Sendable () async throws -> T) async throws -> T
+}

@@ -1,0 +1,356 @@
+import CPlasmaSys
+import Foundation
+import Synchronization
+
+/// An asynchronous QMP event, e.g. `SHUTDOWN` with `{"guest": true, "reason": "guest-shutdown"}`.
+public struct QMPEvent: Sendable, Hashable {
+    public var name: String
+    public var data: JSONValue
+    /// QEMU's timestamp, seconds since the epoch.
+    public var timestamp: Double
+
+    public init(name: String, data: JSONValue = .object([:]), timestamp: Double = 0) {
+        self.name = name
+        self.data = data
+        self.timestamp = timestamp
+    }
+}
+
+/// A QMP client on a unix socket.
+///
+/// `connect` reads the greeting and negotiates capabilities. Commands get increasing ids and
+/// may run concurrently; replies are matched by id. Events go to every stream made by
+/// `events()`, in arrival order, also when they arrive before the reply of the command that
+/// caused them. When the socket ends (EOF or reset) every pending command fails with
+/// `QMPError.interrupted`. A dedicated thread reads the socket, so no blocking call ever
+/// occupies Swift's cooperative pool.
+public final class QMPClient: Sendable {
+    private let core: Core
+
+    /// The greeting QEMU sent (`{"QMP": {"version": …, "capabilities": […]}}`).
+    public let greeting: JSONValue
+    /// The socket path this client is connected to.
+    public var path: String { core.path }
+
+    private init(core: Core, greeting: JSONValue) {
+        self.core = core
+        self.greeting = greeting
+    }
+
+    deinit { core.shutdown() }
+
+    /// Connects to the monitor at `path`, waits for the greeting and negotiates capabilities.
+    /// - Parameter timeout: bound for the greeting and for the negotiation each.
+    /// - Throws: `QMPError.connect`, `.greeting`, `.negotiation`.
+    public static func connect(path: String, timeout: Duration = .seconds(5)) async throws -> QMPClient {
+        let fd = path.withCString { plasma_unix_connect($0) }
+        if fd < 0 {
+            let reason = fd == -ENAMETOOLONG
+                ? "the path is \(path.utf8.count) bytes; a unix socket path can have at most \(plasma_unix_path_max())"
+                : String(cString: strerror(-fd))
+            throw QMPError.connect(path: path, reason: reason)
+        }
+        let core = Core(fd: fd, path: path)
+        core.startReader()
+        let greeting: JSONValue
+        do {
+            greeting = try await core.awaitGreeting(timeout: timeout)
+        } catch {
+            core.shutdown()
+            throw error
+        }
+        let client = QMPClient(core: core, greeting: greeting)
+        do {
+            _ = try await client.execute("qmp_capabilities", timeout: timeout)
+        } catch let error as QMPError {
+            client.close()
+            throw QMPError.negotiation(reason: error.description)
+        }
+        return client
+    }
+
+    /// Sends `command` and returns its `return` value.
+    /// - Throws: `QMPError.execute` for an error reply, `.interrupted` if the connection ends
+    ///   first, `.timeout` after `timeout`, `.closed` after `close()`, `CancellationError`.
+    public func execute(_ command: String, arguments: JSONValue? = nil,
+                        timeout: Duration = .seconds(30)) async throws -> JSONValue {
+        try await core.execute(command, arguments: arguments, timeout: timeout)
+    }
+
+    /// A new stream of every event from now on. It ends when the connection ends.
+    public func events() -> AsyncStream<QMPEvent> { core.subscribe() }
+
+    /// Whether the connection has ended.
+    public var isClosed: Bool { core.isClosed }
+
+    /// Closes the connection; pending commands fail with `.interrupted`.
+    public func close() { core.shutdown() }
+
+    /// Waits until the connection ends (e.g. QEMU exits after `quit`).
+    public func waitClosed() async { await core.waitClosed() }
+}
+
+private struct Pending {
+    var command: String
+    var continuation: CheckedContinuation<JSONValue, any Error>
+}
+
+private struct State {
+    var nextID: UInt64 = 1
+    var pending: [UInt64: Pending] = [:]
+    var nextListener: UInt64 = 0
+    var listeners: [UInt64: AsyncStream<QMPEvent>.Continuation] = [:]
+    var greeting: JSONValue?
+    var greetingWaiter: CheckedContinuation<JSONValue, any Error>?
+    var greetingFailure: QMPError?
+    var closeWaiters: [CheckedContinuation<Void, Never>] = []
+    /// Set once; after it the fd is closed or about to be.
+    var closed = false
+    var shutdownRequested = false
+    var fd: Int32
+}
+
+/// Everything the reader thread and callers share. The public client holds the core; the
+/// reader thread holds it too, so dropping the client shuts the socket down.
+private final class Core: Sendable {
+    let path: String
+    let state: Mutex<State>
+
+    init(fd: Int32, path: String) {
+        self.path = path
+        self.state = Mutex(State(fd: fd))
+    }
+
+    var isClosed: Bool { state.withLock { $0.closed } }
+
+    func startReader() {
+        let fd = state.withLock { $0.fd }
+        let thread = Thread { [self] in self.readLoop(fd: fd) }
+        thread.name = "qmp-reader"
+        thread.start()
+    }
+
+    /// Wakes the reader (which then fails everything and closes the fd).
+    func shutdown() {
+        state.withLock { st in
+            guard !st.closed, !st.shutdownRequested else { return }
+            st.shutdownRequested = true
+            _ = Glibc.shutdown(st.fd, Int32(SHUT_RDWR))
+        }
+    }
+
+    func waitClosed() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let done = state.withLock { st -> Bool in
+                if st.closed { return true }
+                st.closeWaiters.append(c)
+                return false
+            }
+            if done { c.resume() }
+        }
+    }
+
+    func awaitGreeting(timeout: Duration) async throws -> JSONValue {
+        let result: JSONValue = try await withCheckedThrowingContinuation { c in
+            let ready = state.withLock { st -> Result<JSONValue, any Error>? in
+                if let g = st.greeting { return .success(g) }
+                if let f = st.greetingFailure { return .failure(f) }
+                st.greetingWaiter = c
+                return nil
+            }
+            if let ready { c.resume(with: ready); return }
+            DispatchQueue.global().asyncAfter(deadline: .now() + timeout.seconds) { [self] in
+                let waiter = state.withLock { st -> CheckedContinuation<JSONValue, any Error>? in
+                    defer { st.greetingWaiter = nil }
+                    return st.greetingWaiter
+                }
+                waiter?.resume(throwing: QMPError.greeting(
+                    path: path, reason: "the socket accepted the connection but sent nothing within \(formatSeconds(timeout.seconds)); is another client holding the monitor?"))
+            }
+        }
+        return result
+    }
+
+    func subscribe() -> AsyncStream<QMPEvent> {
+        let (stream, continuation) = AsyncStream.makeStream(of: QMPEvent.self)
+        let key: UInt64? = state.withLock { st in
+            if st.closed { return nil }
+            st.nextListener += 1
+            st.listeners[st.nextListener] = continuation
+            return st.nextListener
+        }
+        guard let key else {
+            continuation.finish()
+            return stream
+        }
+        continuation.onTermination = { [weak self] _ in
+            _ = self?.state.withLock { $0.listeners.removeValue(forKey: key) }
+        }
+        return stream
+    }
+
+    func execute(_ command: String, arguments: JSONValue?, timeout: Duration) async throws -> JSONValue {
+        let id = state.withLock { st -> UInt64 in
+            defer { st.nextID += 1 }
+            return st.nextID
+        }
+        var message = "{\"execute\":" + JSONValue.quote(command)
+        if let arguments { message += ",\"arguments\":" + arguments.description }
+        message += ",\"id\":\(id)}\n"
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<JSONValue, any Error>) in
+                let failure = state.withLock { st -> (any Error)? in
+                    if st.closed || st.shutdownRequested { return QMPError.closed }
+                    if Task.isCancelled { return CancellationError() }
+                    st.pending[id] = Pending(command: command, continuation: c)
+                    if !Core.sendAll(fd: st.fd, message) {
+                        st.pending[id] = nil
+                        return QMPError.interrupted(command: command)
+                    }
+                    return nil
+                }
+                if let failure { c.resume(throwing: failure); return }
+                DispatchQueue.global().asyncAfter(deadline: .now() + timeout.seconds) { [self] in
+                    self.fail(id: id, with: QMPError.timeout(command: command, seconds: timeout.seconds))
+                }
+            }
+        } onCancel: {
+            self.fail(id: id, with: CancellationError())
+        }
+    }
+
+    private func fail(id: UInt64, with error: any Error) {
+        let p = state.withLock { $0.pending.removeValue(forKey: id) }
+        p?.continuation.resume(throwing: error)
+    }
+
+    private static func sendAll(fd: Int32, _ text: String) -> Bool {
+        var bytes = Array(text.utf8)
+        var off = 0
+        while off < bytes.count {
+            let n = bytes.withUnsafeMutableBytes { buf in
+                send(fd, buf.baseAddress! + off, buf.count - off, Int32(MSG_NOSIGNAL))
+            }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return false
+            }
+            off += n
+        }
+        return true
+    }
+
+    // MARK: reader thread
+
+    private func readLoop(fd: Int32) {
+        let decoder = JSONDecoder()
+        var buffer: [UInt8] = []
+        buffer.reserveCapacity(1 << 16)
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        var scanned = 0
+        var endReason = "end of stream"
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                endReason = String(cString: strerror(errno))
+                break
+            }
+            if n == 0 { break }
+            buffer.append(contentsOf: chunk[0..<n])
+            var lineStart = 0
+            while let nl = buffer[scanned...].firstIndex(of: 10) {
+                var end = nl
+                if end > lineStart, buffer[end - 1] == 13 { end -= 1 }
+                if end > lineStart {
+                    handle(line: buffer[lineStart..<end], decoder: decoder)
+                }
+                lineStart = nl + 1
+                scanned = lineStart
+            }
+            if lineStart > 0 {
+                buffer.removeFirst(lineStart)
+                scanned = 0
+            }
+            scanned = buffer.count
+        }
+        finish(reason: endReason)
+    }
+
+    private func handle(line: ArraySlice<UInt8>, decoder: JSONDecoder) {
+        guard let msg = try? decoder.decode(JSONValue.self, from: Data(line)), case .object(let obj) = msg else {
+            return  // QMP never sends non-JSON; a garbled line is dropped rather than fatal.
+        }
+        if let event = obj["event"]?.stringValue {
+            var ts = 0.0
+            if let t = obj["timestamp"], let s = t["seconds"]?.int64Value, let us = t["microseconds"]?.int64Value {
+                ts = Double(s) + Double(us) / 1e6
+            }
+            let e = QMPEvent(name: event, data: obj["data"] ?? .object([:]), timestamp: ts)
+            let listeners = state.withLock { Array($0.listeners.values) }
+            for l in listeners { l.yield(e) }
+            return
+        }
+        if obj["QMP"] != nil {
+            let waiter = state.withLock { st -> CheckedContinuation<JSONValue, any Error>? in
+                if st.greeting == nil { st.greeting = msg }
+                defer { st.greetingWaiter = nil }
+                return st.greetingWaiter
+            }
+            waiter?.resume(returning: msg)
+            return
+        }
+        let result: Result<JSONValue, any Error>
+        let errorObj = obj["error"]
+        if let ret = obj["return"] {
+            result = .success(ret)
+        } else if let errorObj {
+            result = .failure(QMPError.execute(command: "", errorClass: errorObj["class"]?.stringValue ?? "GenericError",
+                                               description: errorObj["desc"]?.stringValue ?? errorObj.description))
+        } else {
+            return
+        }
+        let pending = state.withLock { st -> Pending? in
+            if let id = obj["id"]?.int64Value, id >= 0 {
+                return st.pending.removeValue(forKey: UInt64(id))
+            }
+            // QMP answers in-band commands in order, so an error without an id (QEMU could
+            // not parse a request) belongs to the oldest command still waiting.
+            guard errorObj != nil, let oldest = st.pending.keys.min() else { return nil }
+            return st.pending.removeValue(forKey: oldest)
+        }
+        guard let pending else { return }
+        switch result {
+        case .success(let v): pending.continuation.resume(returning: v)
+        case .failure(let e):
+            if case QMPError.execute(_, let cls, let desc) = e {
+                pending.continuation.resume(throwing: QMPError.execute(command: pending.command, errorClass: cls, description: desc))
+            } else {
+                pending.continuation.resume(throwing: e)
+            }
+        }
+    }
+
+    private func finish(reason: String) {
+        let (pending, listeners, greetingWaiter, closeWaiters) = state.withLock { st in
+            st.closed = true
+            Glibc.close(st.fd)
+            st.fd = -1
+            let out = (Array(st.pending.values), Array(st.listeners.values), st.greetingWaiter, st.closeWaiters)
+            st.pending = [:]
+            st.listeners = [:]
+            st.greetingWaiter = nil
+            st.closeWaiters = []
+            if st.greeting == nil {
+                st.greetingFailure = .greeting(path: path, reason: "the connection closed (\(reason)) before a greeting")
+            }
+            return out
+        }
+        for p in pending { p.continuation.resume(throwing: QMPError.interrupted(command: p.command)) }
+        for l in listeners { l.finish() }
+        if let greetingWaiter {
+            greetingWaiter.resume(throwing: QMPError.greeting(path: path, reason: "the connection closed (\(reason)) before a greeting"))
+        }
+        for w in closeWaiters { w.resume() }
+    }
+}

@@ -1,0 +1,267 @@
+import ArgumentParser
+import Foundation
+import PlasmaKVM
+import PlasmaVMM
+
+/// Exit codes, as documented in the README.
+enum ExitCode32: Int32 {
+    case success = 0
+    case failed = 1
+    case usage = 2
+    case notFound = 3
+    case conflict = 4
+    case timeout = 5
+    case unavailable = 6
+
+    static func of(_ error: PlasmaError) -> ExitCode32 {
+        switch error.code {
+        case .invalidArgument: return .usage
+        case .notFound: return .notFound
+        case .alreadyExists, .invalidState: return .conflict
+        case .timeout: return .timeout
+        case .unavailable: return .unavailable
+        default: return .failed
+        }
+    }
+}
+
+@main
+struct Main {
+    static func main() async {
+        do {
+            var command = try Plasmavmc.parseAsRoot()
+            if var command = command as? any AsyncParsableCommand {
+                try await command.run()
+            } else {
+                try command.run()
+            }
+            fflush(nil)
+        } catch let error as PlasmaError {
+            fflush(nil)
+            var text = "plasmavmc: error: \(error.message)\n"
+            if let cause = error.cause, !cause.isEmpty { text += "  \(cause)\n" }
+            FileHandle.standardError.write(Data(text.utf8))
+            exit(ExitCode32.of(error).rawValue)
+        } catch {
+            fflush(nil)
+            let code = Plasmavmc.exitCode(for: error)
+            if code == .success { Plasmavmc.exit(withError: error) }
+            FileHandle.standardError.write(Data((Plasmavmc.fullMessage(for: error) + "\n").utf8))
+            // ArgumentParser says 64 (EX_USAGE) for bad usage; ours is 2 throughout.
+            exit(code.rawValue == 64 ? ExitCode32.usage.rawValue : code.rawValue)
+        }
+    }
+}
+
+struct Plasmavmc: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "plasmavmc",
+        abstract: "Scriptable QEMU/KVM virtual machines.",
+        discussion: """
+            Exit codes: 0 success, 1 operation failed, 2 bad usage or invalid input, \
+            3 no such VM, 4 the VM exists or its state forbids the operation, 5 timed out, \
+            6 unavailable (QEMU missing, VM busy).
+            """,
+        subcommands: [Create.self, Start.self, Status.self, Stop.self, Kill.self, Pause.self,
+                      Resume.self, Delete.self, List.self, Logs.self])
+}
+
+struct GlobalOptions: ParsableArguments {
+    @Option(name: .customLong("runtime-dir"),
+            help: "Folder holding one folder per VM (default: $PLASMAVMC_RUNTIME_DIR, /run/plasmavmc for root, else $XDG_RUNTIME_DIR/plasmavmc).")
+    var runtimeDir: String?
+
+    var manager: VMManager {
+        VMManager(hypervisor: KVMHypervisor(root: RuntimeRoot.resolve(explicit: runtimeDir)))
+    }
+}
+
+func parseName(_ raw: String) throws -> VMName { try VMName(raw) }
+
+func absolutePath(_ p: String) -> String {
+    if p.hasPrefix("/") { return p }
+    let cwd = FileManager.default.currentDirectoryPath
+    return URL(fileURLWithPath: p, relativeTo: URL(fileURLWithPath: cwd + "/")).standardizedFileURL.path
+}
+
+struct Create: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Create a VM: QEMU starts paused (state created). It boots from --kernel, or from its first --disk.")
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "VM name: 1-63 letters, digits, '.', '_' or '-'.") var name: String
+    @Option(help: "Kernel image to boot directly.") var kernel: String?
+    @Option(help: "Initial ramdisk (needs --kernel).") var initrd: String?
+    @Option(help: "Kernel command line (needs --kernel); console=ttyS0 is added if no console= is given.") var append: String?
+    @Option(help: "Memory size, e.g. 256M or 1G.") var memory: String = "256M"
+    @Option(help: "Number of virtual CPUs.") var cpus: Int = 1
+    @Option(help: "Disk image (qcow2 or raw); repeat for more disks.") var disk: [String] = []
+    @Option(help: "Network: user, or user,hostfwd=tcp:127.0.0.1:8080-:80[,hostfwd=…]; repeatable.") var net: [String] = []
+    @Option(help: "Accelerator: auto (KVM where it really works, else TCG), kvm or tcg.") var accel: String = "auto"
+
+    func run() async throws {
+        let spec = VMSpec(name: try parseName(name),
+                          kernel: kernel.map(absolutePath), initrd: initrd.map(absolutePath), append: append,
+                          memory: try MemorySize(parsing: memory), cpus: cpus, disks: disk.map(absolutePath),
+                          networks: try net.map { try NetworkSpec(parsing: $0) },
+                          accel: try Accelerator(parsing: accel))
+        let status = try await global.manager.create(spec)
+        print("\(spec.name) created (pid \(status.pid.map(String.init) ?? "?"), accel \(status.accel ?? "?"))")
+    }
+}
+
+struct Start: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run a created VM, or boot a stopped or crashed one again.")
+    @OptionGroup var global: GlobalOptions
+    @Argument var name: String
+    func run() async throws {
+        let n = try parseName(name)
+        let status = try await global.manager.start(n)
+        print("\(n) \(status.state)")
+    }
+}
+
+struct StatusJSON: Encodable {
+    var name: String
+    var state: String?
+    var reason: String?
+    var pid: Int32?
+    var accel: String?
+    var error: String?
+
+    init(_ name: VMName, _ result: Result<VMStatus, PlasmaError>) {
+        self.name = name.rawValue
+        switch result {
+        case .success(let s):
+            state = s.state.rawValue
+            reason = s.reason
+            pid = s.pid
+            accel = s.accel
+        case .failure(let e):
+            error = e.message
+        }
+    }
+}
+
+func printJSON<T: Encodable>(_ value: T) throws {
+    let enc = JSONEncoder()
+    enc.outputFormatting = [.sortedKeys]
+    print(String(decoding: try enc.encode(value), as: UTF8.self))
+}
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show a VM's state. The first line is the state word: created, running, paused, stopped or crashed.")
+    @OptionGroup var global: GlobalOptions
+    @Argument var name: String
+    @Flag(help: "Print one JSON object.") var json = false
+    func run() async throws {
+        let n = try parseName(name)
+        let s = try await global.manager.status(n)
+        if json { return try printJSON(StatusJSON(n, .success(s))) }
+        print(s.state.rawValue)
+        if let r = s.reason { print("reason: \(r)") }
+        if let p = s.pid { print("pid: \(p)") }
+        if let a = s.accel { print("accel: \(a)") }
+    }
+}
+
+struct Stop: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Stop a VM: ACPI powerdown (resent until the guest reacts), then quit, SIGTERM, SIGKILL, all within --timeout.")
+    @OptionGroup var global: GlobalOptions
+    @Argument var name: String
+    @Option(help: "Seconds for the whole stop; the forced steps get the last part of it.") var timeout: Double = 30
+    func run() async throws {
+        let n = try parseName(name)
+        guard timeout >= 0, timeout.isFinite else {
+            throw PlasmaError(.invalidArgument, "--timeout must be a number of seconds >= 0, got \(timeout)")
+        }
+        let outcome = try await global.manager.stop(n, timeout: .milliseconds(Int64(timeout * 1000)))
+        let ms = outcome.elapsed.components.seconds * 1000 + outcome.elapsed.components.attoseconds / 1_000_000_000_000_000
+        print("\(n) stopped by \(outcome.step) in \(ms) ms")
+    }
+}
+
+struct Kill: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "End a VM's QEMU at once (SIGKILL).")
+    @OptionGroup var global: GlobalOptions
+    @Argument var name: String
+    func run() async throws {
+        let n = try parseName(name)
+        try await global.manager.kill(n)
+        print("\(n) killed")
+    }
+}
+
+struct Pause: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Halt a running VM's CPUs.")
+    @OptionGroup var global: GlobalOptions
+    @Argument var name: String
+    func run() async throws {
+        let n = try parseName(name)
+        try await global.manager.pause(n)
+        print("\(n) paused")
+    }
+}
+
+struct Resume: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Continue a paused VM.")
+    @OptionGroup var global: GlobalOptions
+    @Argument var name: String
+    func run() async throws {
+        let n = try parseName(name)
+        try await global.manager.resume(n)
+        print("\(n) running")
+    }
+}
+
+struct Delete: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Remove a stopped or crashed VM and its folder; --force kills it first.")
+    @OptionGroup var global: GlobalOptions
+    @Argument var name: String
+    @Flag(help: "Kill the VM first if it is up.") var force = false
+    func run() async throws {
+        let n = try parseName(name)
+        try await global.manager.delete(n, force: force)
+        print("\(n) deleted")
+    }
+}
+
+struct List: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List every VM under the runtime dir.")
+    @OptionGroup var global: GlobalOptions
+    @Flag(help: "Print a JSON array.") var json = false
+    func run() async throws {
+        let vms = try await global.manager.list()
+        if json { return try printJSON(vms.map { StatusJSON($0.name, $0.status) }) }
+        var rows = [["NAME", "STATE", "PID", "ACCEL", "REASON"]]
+        for vm in vms {
+            switch vm.status {
+            case .success(let s):
+                rows.append([vm.name.rawValue, s.state.rawValue, s.pid.map(String.init) ?? "-", s.accel ?? "-", s.reason ?? ""])
+            case .failure(let e):
+                rows.append([vm.name.rawValue, "unknown", "-", "-", e.message])
+            }
+        }
+        let widths = (0..<4).map { c in rows.map { $0[c].count }.max() ?? 0 }
+        for r in rows {
+            var line = ""
+            for c in 0..<4 { line += r[c].padding(toLength: widths[c] + 2, withPad: " ", startingAt: 0) }
+            print((line + r[4]).trimmingCharacters(in: .whitespaces))
+        }
+    }
+}
+
+struct Logs: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print a VM's serial console log.")
+    @OptionGroup var global: GlobalOptions
+    @Argument var name: String
+    @Option(help: "Only the last N bytes.") var tail: Int?
+    func run() async throws {
+        let n = try parseName(name)
+        if let tail, tail < 0 { throw PlasmaError(.invalidArgument, "--tail must be >= 0") }
+        let text = try await global.manager.consoleLog(n, maxBytes: tail)
+        FileHandle.standardOutput.write(Data(text.utf8))
+    }
+}
