@@ -35,6 +35,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
+        // Benchmark driver for scripts/bench (QMP round trips through the Swift client).
+        .executableTarget(name: "plasmavmc-bench", dependencies: ["PlasmaQMP"], swiftSettings: strict),
         // Test doubles shared by the test targets.
         .target(name: "PlasmaTestSupport",
                 dependencies: ["PlasmaHypervisor", "PlasmaQMP", "CPlasmaSys"],

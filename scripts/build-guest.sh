@@ -65,18 +65,22 @@ exec 9>"$GUEST_DIR/.build.lock"
 flock 9
 if up_to_date; then print_outputs; exit 0; fi
 
-SUDO=()
-if [[ $EUID -ne 0 ]]; then
-    command -v sudo >/dev/null || die "not root and no sudo: cannot run apt-get"
-    SUDO=(sudo)
-fi
-APT_ENV=(env DEBIAN_FRONTEND=noninteractive)
+# apt-get update/install need root: run them through sudo when not root.
+as_root() {
+    if [[ $EUID -eq 0 ]]; then
+        env DEBIAN_FRONTEND=noninteractive "$@"
+    elif command -v sudo >/dev/null; then
+        sudo env DEBIAN_FRONTEND=noninteractive "$@"
+    else
+        die "not root and no sudo: cannot run $*"
+    fi
+}
 
 APT_UPDATED=0
 apt_update() {
     if [[ $APT_UPDATED == 0 ]]; then
         log "running apt-get update"
-        "${SUDO[@]}" "${APT_ENV[@]}" apt-get update -qq >&2
+        as_root apt-get update -qq >&2
         APT_UPDATED=1
     fi
 }
@@ -91,9 +95,9 @@ pkg_installed cpio || missing+=(cpio)
 command -v gzip >/dev/null || missing+=(gzip)
 if ((${#missing[@]})); then
     log "installing ${missing[*]}"
-    if ! "${SUDO[@]}" "${APT_ENV[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2; then
+    if ! as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2; then
         apt_update
-        "${SUDO[@]}" "${APT_ENV[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+        as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
     fi
 fi
 BUSYBOX=/bin/busybox
@@ -105,8 +109,8 @@ done
 
 # --- kernel package ---------------------------------------------------------------------
 kernel_package() {
-    apt-cache depends "$META_PACKAGE" 2>/dev/null |
-        awk '$1 == "Depends:" && $2 ~ /^linux-image-.*-cloud-amd64$/ { print $2; exit }'
+    { apt-cache depends "$META_PACKAGE" 2>/dev/null || true; } |
+        awk '!found && $1 == "Depends:" && $2 ~ /^linux-image-.*-cloud-amd64$/ { print $2; found = 1 }'
 }
 KPKG=$(kernel_package)
 if [[ -z $KPKG ]]; then
@@ -116,7 +120,7 @@ if [[ -z $KPKG ]]; then
 fi
 
 WORK=$(mktemp -d /tmp/guestbuild-XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
+trap 'rm -rf "$WORK"; rm -f "$KERNEL_OUT.tmp" "$INITRD_OUT.tmp"' EXIT
 
 DL_OPTS=()
 # apt drops to user _apt for downloads, which cannot write to a root-only mktemp dir.

@@ -1,0 +1,67 @@
+// Benchmark driver for scripts/bench: QMP round trips through the Swift client.
+//
+//   plasmavmc-bench qmp SOCKET N [WARMUP]
+//
+// Connects once, runs WARMUP (default 100) untimed then N timed sequential `query-status`
+// calls, closes, and prints one JSON line: {"n":…,"median_us":…,"p90_us":…,"mean_us":…,
+// "min_us":…,"connect_us":…}. Add `--samples` after the arguments to include every sample (µs).
+import Foundation
+import PlasmaQMP
+
+func fail(_ text: String, code: Int32 = 2) -> Never {
+    FileHandle.standardError.write(Data("plasmavmc-bench: \(text)\n".utf8))
+    exit(code)
+}
+
+/// Nearest-rank percentile of sorted values.
+func percentile(_ sorted: [Double], _ p: Double) -> Double {
+    guard !sorted.isEmpty else { return .nan }
+    let rank = Int((p / 100 * Double(sorted.count)).rounded(.up))
+    return sorted[min(max(rank, 1), sorted.count) - 1]
+}
+
+func median(_ sorted: [Double]) -> Double {
+    guard !sorted.isEmpty else { return .nan }
+    let m = sorted.count / 2
+    return sorted.count % 2 == 1 ? sorted[m] : (sorted[m - 1] + sorted[m]) / 2
+}
+
+func micros(_ d: Duration) -> Double {
+    Double(d.components.seconds) * 1e6 + Double(d.components.attoseconds) / 1e12
+}
+
+func fmt(_ x: Double) -> String { String(format: "%.2f", x) }
+
+var args = Array(CommandLine.arguments.dropFirst())
+let wantSamples = args.contains("--samples")
+args.removeAll { $0 == "--samples" }
+guard args.count >= 3, args.count <= 4, args[0] == "qmp" else {
+    fail("usage: plasmavmc-bench qmp SOCKET N [WARMUP] [--samples]")
+}
+guard let n = Int(args[2]), n > 0, n <= 10_000_000 else { fail("N must be an integer in 1...10000000") }
+let warmup = args.count == 4 ? Int(args[3]) ?? -1 : 100
+guard warmup >= 0 else { fail("WARMUP must be an integer >= 0") }
+
+let clock = ContinuousClock()
+do {
+    let t0 = clock.now
+    let client = try await QMPClient.connect(path: args[1], timeout: .seconds(5))
+    let connectTime = clock.now - t0
+    for _ in 0..<warmup { _ = try await client.execute("query-status") }
+    var samples: [Double] = []
+    samples.reserveCapacity(n)
+    for _ in 0..<n {
+        let start = clock.now
+        _ = try await client.execute("query-status")
+        samples.append(micros(clock.now - start))
+    }
+    client.close()
+    let sorted = samples.sorted()
+    let mean = samples.reduce(0, +) / Double(n)
+    var line = "{\"n\":\(n),\"median_us\":\(fmt(median(sorted))),\"p90_us\":\(fmt(percentile(sorted, 90)))"
+    line += ",\"mean_us\":\(fmt(mean)),\"min_us\":\(fmt(sorted[0])),\"connect_us\":\(fmt(micros(connectTime)))"
+    if wantSamples { line += ",\"samples_us\":[" + samples.map(fmt).joined(separator: ",") + "]" }
+    print(line + "}")
+} catch {
+    fail("\(error)", code: 1)
+}
