@@ -38,11 +38,13 @@ struct ProcessIdentity: Codable, Sendable, Hashable {
     }
 
     /// Polls until the process is gone or `timeout` passes. Returns whether it is gone.
+    /// For a child of this process, "gone" also means reaped and its exit recorded, so that
+    /// nothing writes into the VM's folder afterwards.
     func waitForExit(timeout: Duration) async -> Bool {
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
         var interval = Duration.milliseconds(1)
-        while isAlive {
+        while isAlive || !ChildProcesses.shared.isSettled(pid) {
             if clock.now >= deadline { return false }
             try? await Task.sleep(for: interval)
             interval = min(interval * 2, .milliseconds(10))
@@ -57,6 +59,8 @@ final class ChildProcesses: Sendable {
     static let shared = ChildProcesses()
 
     private let exits = Mutex<[Int32: ExitRecord]>([:])
+    /// Children spawned here whose exit has not been fully handled yet.
+    private let unsettled = Mutex<Set<Int32>>([])
 
     /// Spawns `argv` in a new session with stdout and stderr appended to `logPath`.
     /// `onExit` runs on the reaper thread when the child exits.
@@ -75,6 +79,7 @@ final class ChildProcesses: Sendable {
         }
         guard rc == 0 else { throw SysError("cannot run \(argv[0])", rc) }
         let child = pid
+        unsettled.withLock { _ = $0.insert(child) }
         let thread = Thread { [self] in
             var exited: Int32 = 0
             var code: Int32 = 0
@@ -83,10 +88,16 @@ final class ChildProcesses: Sendable {
             let rec = ExitRecord(exited: exited != 0, code: code)
             exits.withLock { $0[child] = rec }
             onExit(rec)
+            unsettled.withLock { _ = $0.remove(child) }
         }
         thread.name = "reap-\(child)"
         thread.start()
         return child
+    }
+
+    /// False while `pid` is a child of this process whose exit is not yet reaped and recorded.
+    func isSettled(_ pid: Int32) -> Bool {
+        !unsettled.withLock { $0.contains(pid) }
     }
 
     /// The exit of a child this process spawned, once reaped.
