@@ -51,9 +51,9 @@ public struct KVMHypervisor: Hypervisor {
         try spec.validate()
         try checkHost(spec)
         let qemu = try Self.findQEMU(explicit: qemuBinary)
-        try root.ensureExists()
         let paths = root.paths(spec.name)
         try paths.checkSocketPathLength(vm: spec.name)
+        try root.ensureExists()
         if mkdir(paths.directory, 0o700) != 0 {
             if errno == EEXIST {
                 throw PlasmaError(.alreadyExists, "vm '\(spec.name)' already exists; delete it first or pick another name")

@@ -93,7 +93,7 @@ struct Create: AsyncParsableCommand {
     @Option(help: "Kernel image to boot directly.") var kernel: String?
     @Option(help: "Initial ramdisk (needs --kernel).") var initrd: String?
     @Option(help: "Kernel command line (needs --kernel); console=ttyS0 is added if no console= is given.") var append: String?
-    @Option(help: "Memory size, e.g. 256M or 1G.") var memory: String = "256M"
+    @Option(parsing: .unconditional, help: "Memory size, e.g. 256M or 1G.") var memory: String = "256M"
     @Option(help: "Number of virtual CPUs.") var cpus: Int = 1
     @Option(help: "Disk image (qcow2 or raw); repeat for more disks.") var disk: [String] = []
     @Option(help: "Network: user, or user,hostfwd=tcp:127.0.0.1:8080-:80[,hostfwd=…]; repeatable.") var net: [String] = []
@@ -171,13 +171,13 @@ struct Stop: AsyncParsableCommand {
         abstract: "Stop a VM: ACPI powerdown (resent until the guest reacts), then quit, SIGTERM, SIGKILL, all within --timeout.")
     @OptionGroup var global: GlobalOptions
     @Argument var name: String
-    @Option(help: "Seconds for the whole stop; the forced steps get the last part of it.") var timeout: Double = 30
+    @Option(parsing: .unconditional, help: "Seconds for the whole stop; the forced steps get the last part of it.") var timeout: String = "30"
     func run() async throws {
         let n = try parseName(name)
-        guard timeout >= 0, timeout.isFinite else {
-            throw PlasmaError(.invalidArgument, "--timeout must be a number of seconds >= 0, got \(timeout)")
+        guard let seconds = Double(timeout), seconds >= 0, seconds.isFinite, seconds < 1e6 else {
+            throw PlasmaError(.invalidArgument, "--timeout must be a number of seconds >= 0, got \"\(timeout)\"")
         }
-        let outcome = try await global.manager.stop(n, timeout: .milliseconds(Int64(timeout * 1000)))
+        let outcome = try await global.manager.stop(n, timeout: .milliseconds(Int64(seconds * 1000)))
         let ms = outcome.elapsed.components.seconds * 1000 + outcome.elapsed.components.attoseconds / 1_000_000_000_000_000
         print("\(n) stopped by \(outcome.step) in \(ms) ms")
     }

@@ -48,7 +48,7 @@ struct KVMIntegrationTests {
     }
 
     @Test func fullLifecycleBootsPausesStopsRestartsKillsAndDeletes() async throws {
-        try await withManager { m, root in
+        try await withManager { (m: VMManager, root: RuntimeRoot) async throws in
             let n = try VMName("life")
             let created = try await m.create(try guestSpec("life"))
             #expect(created.state == .created)
@@ -88,7 +88,7 @@ struct KVMIntegrationTests {
     }
 
     @Test func guestThatIgnoresPowerdownIsStoppedByQuit() async throws {
-        try await withManager { m, root in
+        try await withManager { (m: VMManager, root: RuntimeRoot) async throws in
             let n = try VMName("deaf")
             _ = try await m.create(try guestSpec("deaf", append: "quiet plasma.powerdown=ignore"))
             _ = try await m.start(n)
@@ -102,7 +102,7 @@ struct KVMIntegrationTests {
     }
 
     @Test func panickingGuestIsCrashedAndNeedsForceToDelete() async throws {
-        try await withManager { m, root in
+        try await withManager { (m: VMManager, root: RuntimeRoot) async throws in
             let n = try VMName("panic")
             _ = try await m.create(try guestSpec("panic", append: "quiet plasma.panic=now"))
             _ = try await m.start(n)
@@ -117,7 +117,7 @@ struct KVMIntegrationTests {
     }
 
     @Test func guestPoweroffReadsStoppedFromAnotherProcessView() async throws {
-        try await withManager { m, root in
+        try await withManager { (m: VMManager, root: RuntimeRoot) async throws in
             let n = try VMName("off")
             _ = try await m.create(try guestSpec("off", append: "quiet plasma.poweroff=now"))
             _ = try await m.start(n)
@@ -131,7 +131,7 @@ struct KVMIntegrationTests {
     }
 
     @Test func qemuKilledFromOutsideIsCrashedNeverRunning() async throws {
-        try await withManager { m, root in
+        try await withManager { (m: VMManager, root: RuntimeRoot) async throws in
             let n = try VMName("victim")
             _ = try await m.create(try guestSpec("victim"))
             let running = try await m.start(n)
@@ -144,7 +144,7 @@ struct KVMIntegrationTests {
     }
 
     @Test func userNetworkForwardsAPortAndDisksAreAttached() async throws {
-        try await withManager { m, root in
+        try await withManager { (m: VMManager, root: RuntimeRoot) async throws in
             let tmp = try TempDir(prefix: "dsk")
             defer { tmp.remove() }
             let disk = tmp.path + "/with,comma.qcow2"
@@ -175,7 +175,7 @@ struct KVMIntegrationTests {
     }
 
     @Test func kernelPathWithACommaBoots() async throws {
-        try await withManager { m, root in
+        try await withManager { (m: VMManager, root: RuntimeRoot) async throws in
             let tmp = try TempDir(prefix: "k,c")
             defer { tmp.remove() }
             let kernel = tmp.path + "/vm,linuz"
@@ -189,7 +189,7 @@ struct KVMIntegrationTests {
     }
 
     @Test func twoStopsOfOneRealVMTakeTurns() async throws {
-        try await withManager { m, root in
+        try await withManager { (m: VMManager, root: RuntimeRoot) async throws in
             let n = try VMName("race")
             _ = try await m.create(try guestSpec("race"))
             _ = try await m.start(n)
@@ -219,7 +219,7 @@ struct KVMIntegrationTests {
     }
 
     @Test func missingKernelIsInvalidInput() async throws {
-        try await withManager { m, _ in
+        try await withManager { (m: VMManager, _: RuntimeRoot) async throws in
             await expectFailure(.invalidArgument, containing: "kernel /nonexistent/vmlinuz does not exist") {
                 _ = try await m.create(try guestSpec("nok", kernel: "/nonexistent/vmlinuz"))
             }
@@ -227,7 +227,7 @@ struct KVMIntegrationTests {
     }
 
     @Test func memoryBeyondTheHostIsRefused() async throws {
-        try await withManager { m, _ in
+        try await withManager { (m: VMManager, _: RuntimeRoot) async throws in
             var spec = try guestSpec("huge")
             spec.memory = MemorySize(mebibytes: 64 << 20)
             await expectFailure(.invalidArgument, containing: "is more than this host has") {
@@ -237,7 +237,7 @@ struct KVMIntegrationTests {
     }
 
     @Test func duplicateNameIsRefusedAndTheFirstVMSurvives() async throws {
-        try await withManager { m, _ in
+        try await withManager { (m: VMManager, _: RuntimeRoot) async throws in
             _ = try await m.create(try guestSpec("dup"))
             await expectFailure(.alreadyExists, containing: "vm 'dup' already exists") {
                 _ = try await m.create(try guestSpec("dup"))
@@ -259,7 +259,7 @@ struct KVMIntegrationTests {
     }
 
     @Test func missingQEMUBinaryIsUnavailable() async throws {
-        try await withManager(qemu: "/nonexistent/qemu-system-x86_64") { m, _ in
+        try await withManager(qemu: "/nonexistent/qemu-system-x86_64") { (m: VMManager, _: RuntimeRoot) async throws in
             await expectFailure(.unavailable, containing: "/nonexistent/qemu-system-x86_64 is missing") {
                 _ = try await m.create(try guestSpec("noqemu"))
             }
@@ -270,7 +270,7 @@ struct KVMIntegrationTests {
         let tmp = try TempDir(prefix: "bad")
         defer { tmp.remove() }
         let wrapper = try writeScript(tmp.path, "qemu", "#!/bin/sh\nexec /usr/bin/qemu-system-x86_64 -no-such-option \"$@\"\n")
-        try await withManager(qemu: wrapper) { m, _ in
+        try await withManager(qemu: wrapper) { (m: VMManager, _: RuntimeRoot) async throws in
             do {
                 _ = try await m.create(try guestSpec("badopt"))
                 Issue.record("create should fail")
@@ -287,7 +287,7 @@ struct KVMIntegrationTests {
         let tmp = try TempDir(prefix: "mute")
         defer { tmp.remove() }
         let fake = try writeScript(tmp.path, "qemu", silentQMPScript)
-        try await withManager(qemu: fake) { m, _ in
+        try await withManager(qemu: fake) { (m: VMManager, _: RuntimeRoot) async throws in
             await expectFailure(.launchFailed, containing: "monitor did not work") {
                 _ = try await m.create(try guestSpec("mute"))
             }
