@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Sets up (QEMU, the test guest), builds, and runs every test: unit tests, and integration
+# tests that boot the real guest under QEMU. CI runs exactly this.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+scripts/setup.sh
+swift build --build-tests
+exec swift test --skip-build --disable-xctest "$@"
