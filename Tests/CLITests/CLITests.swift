@@ -213,6 +213,22 @@ struct CLIIntegrationTests {
         }
     }
 
+    @Test func twoProcessesStoppingOneVMTakeTurns() async throws {
+        try await base.withCLI { (cli: CLIRunner, runtime: TestRuntime) async throws in
+            #expect(try await cli.run(["create", "twice"] + base.guestArgs).status == 0)
+            #expect(try await cli.run("start", "twice").status == 0)
+            _ = try await waitForConsole(runtime.root + "/twice/console.log", contains: TestGuest.readyLine)
+            async let a = cli.run("stop", "twice")
+            async let b = cli.run("stop", "twice")
+            let results = try await [a, b]
+            #expect(results.filter { $0.status == 0 && $0.stdout.hasPrefix("twice stopped by powerdown") }.count == 1,
+                    "\(results.map(\.stdout)) \(results.map(\.stderr))")
+            let loser = try #require(results.first { $0.status != 0 })
+            base.expectError(loser, status: 4, "cannot stop vm 'twice': it is already stopped")
+            #expect(try await cli.run("delete", "twice").status == 0)
+        }
+    }
+
     @Test func qemuExitingAtOnceIsExit1WithItsStatusAndLog() async throws {
         let tmp = try TempDir(prefix: "bq")
         defer { tmp.remove() }
