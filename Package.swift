@@ -45,7 +45,7 @@ let package = Package(
         .testTarget(name: "PlasmaQMPTests", dependencies: ["PlasmaQMP", "PlasmaTestSupport"]),
         .testTarget(name: "PlasmaVMMTests", dependencies: ["PlasmaVMM", "PlasmaTestSupport"]),
         .testTarget(name: "PlasmaKVMTests",
-                    dependencies: ["PlasmaKVM", "PlasmaVMM", "PlasmaTestSupport"]),
+                    dependencies: ["PlasmaKVM", "PlasmaVMM", "PlasmaCore", "PlasmaTestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["PlasmaTestSupport"]),
     ]
 )
