@@ -9,6 +9,8 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -123,4 +125,29 @@ int plasma_waitpid(pid_t pid, int nohang, int *exited, int *code) {
 int plasma_unix_path_max(void) {
     struct sockaddr_un addr;
     return (int)sizeof(addr.sun_path) - 1;
+}
+
+int plasma_eventfd(void) {
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    return fd < 0 ? -errno : fd;
+}
+
+int plasma_poll2(int fd, int wake_fd, int timeout_ms) {
+    struct pollfd p[2] = { { .fd = fd, .events = POLLIN }, { .fd = wake_fd, .events = POLLIN } };
+    int r = poll(p, 2, timeout_ms);
+    if (r < 0) return -errno;
+    int out = 0;
+    if (p[0].revents) out |= 1;
+    if (p[1].revents & POLLIN) {
+        uint64_t v;
+        while (read(wake_fd, &v, sizeof(v)) > 0) {}
+        out |= 2;
+    }
+    return out;
+}
+
+void plasma_eventfd_signal(int fd) {
+    uint64_t one = 1;
+    ssize_t r = write(fd, &one, sizeof(one));
+    (void)r;
 }

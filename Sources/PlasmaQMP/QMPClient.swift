@@ -93,6 +93,8 @@ public final class QMPClient: Sendable {
 private struct Pending {
     var command: String
     var continuation: CheckedContinuation<JSONValue, any Error>
+    var deadline: ContinuousClock.Instant
+    var timeout: Duration
 }
 
 private struct State {
@@ -108,18 +110,28 @@ private struct State {
     var closed = false
     var shutdownRequested = false
     var fd: Int32
+    /// When the reader thread will next wake by itself to check deadlines.
+    var readerWakeAt: ContinuousClock.Instant?
 }
 
 /// Everything the reader thread and callers share. The public client holds the core; the
 /// reader thread holds it too, so dropping the client shuts the socket down.
+///
+/// Command timeouts are kept by the reader thread itself: it polls the socket with the
+/// nearest deadline (at most a second ahead) as its timeout, so a command costs no timer of
+/// its own; a command whose deadline is nearer than the reader's next wake signals an eventfd.
 private final class Core: Sendable {
     let path: String
     let state: Mutex<State>
+    let wakeFD: Int32
 
     init(fd: Int32, path: String) {
         self.path = path
         self.state = Mutex(State(fd: fd))
+        self.wakeFD = plasma_eventfd()
     }
+
+    deinit { if wakeFD >= 0 { Glibc.close(wakeFD) } }
 
     var isClosed: Bool { state.withLock { $0.closed } }
 
@@ -194,25 +206,26 @@ private final class Core: Sendable {
             defer { st.nextID += 1 }
             return st.nextID
         }
+        let deadline = ContinuousClock.now + timeout
         var message = "{\"execute\":" + JSONValue.quote(command)
         if let arguments { message += ",\"arguments\":" + arguments.description }
         message += ",\"id\":\(id)}\n"
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<JSONValue, any Error>) in
+                var wake = false
                 let failure = state.withLock { st -> (any Error)? in
                     if st.closed || st.shutdownRequested { return QMPError.closed }
                     if Task.isCancelled { return CancellationError() }
-                    st.pending[id] = Pending(command: command, continuation: c)
+                    st.pending[id] = Pending(command: command, continuation: c, deadline: deadline, timeout: timeout)
                     if !Core.sendAll(fd: st.fd, message) {
                         st.pending[id] = nil
                         return QMPError.interrupted(command: command)
                     }
+                    wake = st.readerWakeAt.map { deadline < $0 } ?? true
                     return nil
                 }
                 if let failure { c.resume(throwing: failure); return }
-                DispatchQueue.global().asyncAfter(deadline: .now() + timeout.seconds) { [self] in
-                    self.fail(id: id, with: QMPError.timeout(command: command, seconds: timeout.seconds))
-                }
+                if wake { plasma_eventfd_signal(wakeFD) }
             }
         } onCancel: {
             self.fail(id: id, with: CancellationError())
@@ -250,6 +263,20 @@ private final class Core: Sendable {
         var scanned = 0
         var endReason = "end of stream"
         while true {
+            let timeoutMS = state.withLock { st -> Int32 in
+                let now = ContinuousClock.now
+                let wake = min(st.pending.values.map(\.deadline).min() ?? now + .seconds(1), now + .seconds(1))
+                st.readerWakeAt = wake
+                let ms = (wake - now).seconds * 1000
+                return ms <= 0 ? 0 : Int32(ms.rounded(.up))
+            }
+            let ready = plasma_poll2(fd, wakeFD, timeoutMS)
+            if ready < 0 && ready != -EINTR {
+                endReason = String(cString: strerror(-ready))
+                break
+            }
+            expireDeadlines()
+            if ready <= 0 || ready & 1 == 0 { continue }
             let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n < 0 {
                 if errno == EINTR { continue }
@@ -275,6 +302,17 @@ private final class Core: Sendable {
             scanned = buffer.count
         }
         finish(reason: endReason)
+    }
+
+    private func expireDeadlines() {
+        let now = ContinuousClock.now
+        let expired = state.withLock { st -> [Pending] in
+            let ids = st.pending.filter { $0.value.deadline <= now }.map(\.key)
+            return ids.compactMap { st.pending.removeValue(forKey: $0) }
+        }
+        for p in expired {
+            p.continuation.resume(throwing: QMPError.timeout(command: p.command, seconds: p.timeout.seconds))
+        }
     }
 
     private func handle(line: ArraySlice<UInt8>, decoder: JSONDecoder) {

@@ -37,8 +37,8 @@ public struct CLIRunner: Sendable {
         let tmp = try TempDir(prefix: "cli")
         defer { tmp.remove() }
         let outPath = tmp.path + "/out", errPath = tmp.path + "/err"
-        FileManager.default.createFile(atPath: outPath, contents: nil)
-        FileManager.default.createFile(atPath: errPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: outPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: errPath, contents: nil)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.executable)
         p.arguments = args

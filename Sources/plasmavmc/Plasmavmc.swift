@@ -86,6 +86,7 @@ func absolutePath(_ p: String) -> String {
 
 struct Create: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "create",
         abstract: "Create a VM: QEMU starts paused (state created). It boots from --kernel, or from its first --disk.")
 
     @OptionGroup var global: GlobalOptions
@@ -111,7 +112,8 @@ struct Create: AsyncParsableCommand {
 }
 
 struct Start: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Run a created VM, or boot a stopped or crashed one again.")
+    static let configuration = CommandConfiguration(
+        commandName: "start", abstract: "Run a created VM, or boot a stopped or crashed one again.")
     @OptionGroup var global: GlobalOptions
     @Argument var name: String
     func run() async throws {
@@ -151,6 +153,7 @@ func printJSON<T: Encodable>(_ value: T) throws {
 
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "status",
         abstract: "Show a VM's state. The first line is the state word: created, running, paused, stopped or crashed.")
     @OptionGroup var global: GlobalOptions
     @Argument var name: String
@@ -168,6 +171,7 @@ struct Status: AsyncParsableCommand {
 
 struct Stop: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "stop",
         abstract: "Stop a VM: ACPI powerdown (resent until the guest reacts), then quit, SIGTERM, SIGKILL, all within --timeout.")
     @OptionGroup var global: GlobalOptions
     @Argument var name: String
@@ -184,7 +188,8 @@ struct Stop: AsyncParsableCommand {
 }
 
 struct Kill: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "End a VM's QEMU at once (SIGKILL).")
+    static let configuration = CommandConfiguration(
+        commandName: "kill", abstract: "End a VM's QEMU at once (SIGKILL).")
     @OptionGroup var global: GlobalOptions
     @Argument var name: String
     func run() async throws {
@@ -195,7 +200,8 @@ struct Kill: AsyncParsableCommand {
 }
 
 struct Pause: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Halt a running VM's CPUs.")
+    static let configuration = CommandConfiguration(
+        commandName: "pause", abstract: "Halt a running VM's CPUs.")
     @OptionGroup var global: GlobalOptions
     @Argument var name: String
     func run() async throws {
@@ -206,7 +212,8 @@ struct Pause: AsyncParsableCommand {
 }
 
 struct Resume: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Continue a paused VM.")
+    static let configuration = CommandConfiguration(
+        commandName: "resume", abstract: "Continue a paused VM.")
     @OptionGroup var global: GlobalOptions
     @Argument var name: String
     func run() async throws {
@@ -217,7 +224,8 @@ struct Resume: AsyncParsableCommand {
 }
 
 struct Delete: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Remove a stopped or crashed VM and its folder; --force kills it first.")
+    static let configuration = CommandConfiguration(
+        commandName: "delete", abstract: "Remove a stopped or crashed VM and its folder; --force kills it first.")
     @OptionGroup var global: GlobalOptions
     @Argument var name: String
     @Flag(help: "Kill the VM first if it is up.") var force = false
@@ -254,7 +262,8 @@ struct List: AsyncParsableCommand {
 }
 
 struct Logs: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Print a VM's serial console log.")
+    static let configuration = CommandConfiguration(
+        commandName: "logs", abstract: "Print a VM's serial console log.")
     @OptionGroup var global: GlobalOptions
     @Argument var name: String
     @Option(help: "Only the last N bytes.") var tail: Int?

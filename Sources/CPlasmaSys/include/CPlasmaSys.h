@@ -29,4 +29,15 @@ int plasma_waitpid(pid_t pid, int nohang, int *exited, int *code);
 /// Largest unix socket path length accepted (sizeof sun_path - 1).
 int plasma_unix_path_max(void);
 
+/// An eventfd (close-on-exec, non-blocking) for waking a thread blocked in poll(). -errno on failure.
+int plasma_eventfd(void);
+
+/// Waits until `fd` is readable or `wake_fd` is signalled, at most `timeout_ms` (-1: forever).
+/// Returns a bit set: 1 = fd readable (or hung up), 2 = woken; 0 on timeout; -errno on error.
+/// A wake is consumed.
+int plasma_poll2(int fd, int wake_fd, int timeout_ms);
+
+/// Signals an eventfd made by plasma_eventfd.
+void plasma_eventfd_signal(int fd);
+
 #endif
