@@ -55,6 +55,19 @@ public final class TestRuntime: Sendable {
         }
     }
 
+    /// Runs `body` with a fresh runtime, then kills leftovers and removes it, pass or fail.
+    /// Returns what the body had left behind (a test expects both lists to be empty).
+    public static func around(_ body: (TestRuntime) async throws -> Void) async throws -> (folders: [String], processes: [Int32]) {
+        let runtime = try TestRuntime()
+        do {
+            try await body(runtime)
+        } catch {
+            runtime.finish()
+            throw error
+        }
+        return runtime.finish()
+    }
+
     /// Kills leftovers and removes the root. Returns what had been left behind.
     @discardableResult
     public func finish() -> (folders: [String], processes: [Int32]) {

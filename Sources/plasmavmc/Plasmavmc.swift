@@ -78,6 +78,19 @@ struct GlobalOptions: ParsableArguments {
 
 func parseName(_ raw: String) throws -> VMName { try VMName(raw) }
 
+/// The runtime options and the VM name every single-VM verb takes.
+struct VMTarget: ParsableArguments {
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "The VM's name.") var name: String
+
+    /// Runs `body` on the named VM and prints "NAME <what body returns>".
+    func act(_ body: (VMManager, VMName) async throws -> String) async throws {
+        let vm = try parseName(name)
+        let what = try await body(global.manager, vm)
+        print("\(vm) \(what)")
+    }
+}
+
 func absolutePath(_ p: String) -> String {
     if p.hasPrefix("/") { return p }
     let cwd = FileManager.default.currentDirectoryPath
@@ -114,12 +127,9 @@ struct Create: AsyncParsableCommand {
 struct Start: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "start", abstract: "Run a created VM, or boot a stopped or crashed one again.")
-    @OptionGroup var global: GlobalOptions
-    @Argument var name: String
+    @OptionGroup var target: VMTarget
     func run() async throws {
-        let n = try parseName(name)
-        let status = try await global.manager.start(n)
-        print("\(n) \(status.state)")
+        try await target.act { try await $0.start($1).state.rawValue }
     }
 }
 
@@ -155,12 +165,11 @@ struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "status",
         abstract: "Show a VM's state. The first line is the state word: created, running, paused, stopped or crashed.")
-    @OptionGroup var global: GlobalOptions
-    @Argument var name: String
+    @OptionGroup var target: VMTarget
     @Flag(help: "Print one JSON object.") var json = false
     func run() async throws {
-        let n = try parseName(name)
-        let s = try await global.manager.status(n)
+        let n = try parseName(target.name)
+        let s = try await target.global.manager.status(n)
         if json { return try printJSON(StatusJSON(n, .success(s))) }
         print(s.state.rawValue)
         if let r = s.reason { print("reason: \(r)") }
@@ -173,66 +182,54 @@ struct Stop: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "stop",
         abstract: "Stop a VM: ACPI powerdown (resent until the guest reacts), then quit, SIGTERM, SIGKILL, all within --timeout.")
-    @OptionGroup var global: GlobalOptions
-    @Argument var name: String
+    @OptionGroup var target: VMTarget
     @Option(parsing: .unconditional, help: "Seconds for the whole stop; the forced steps get the last part of it.") var timeout: String = "30"
     func run() async throws {
-        let n = try parseName(name)
         guard let seconds = Double(timeout), seconds >= 0, seconds.isFinite, seconds < 1e6 else {
             throw PlasmaError(.invalidArgument, "--timeout must be a number of seconds >= 0, got \"\(timeout)\"")
         }
-        let outcome = try await global.manager.stop(n, timeout: .milliseconds(Int64(seconds * 1000)))
-        let ms = outcome.elapsed.components.seconds * 1000 + outcome.elapsed.components.attoseconds / 1_000_000_000_000_000
-        print("\(n) stopped by \(outcome.step) in \(ms) ms")
+        try await target.act {
+            let outcome = try await $0.stop($1, timeout: .milliseconds(Int64(seconds * 1000)))
+            let ms = outcome.elapsed.components.seconds * 1000 + outcome.elapsed.components.attoseconds / 1_000_000_000_000_000
+            return "stopped by \(outcome.step) in \(ms) ms"
+        }
     }
 }
 
 struct Kill: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kill", abstract: "End a VM's QEMU at once (SIGKILL).")
-    @OptionGroup var global: GlobalOptions
-    @Argument var name: String
+    @OptionGroup var target: VMTarget
     func run() async throws {
-        let n = try parseName(name)
-        try await global.manager.kill(n)
-        print("\(n) killed")
+        try await target.act { try await $0.kill($1); return "killed" }
     }
 }
 
 struct Pause: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pause", abstract: "Halt a running VM's CPUs.")
-    @OptionGroup var global: GlobalOptions
-    @Argument var name: String
+    @OptionGroup var target: VMTarget
     func run() async throws {
-        let n = try parseName(name)
-        try await global.manager.pause(n)
-        print("\(n) paused")
+        try await target.act { try await $0.pause($1); return "paused" }
     }
 }
 
 struct Resume: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "resume", abstract: "Continue a paused VM.")
-    @OptionGroup var global: GlobalOptions
-    @Argument var name: String
+    @OptionGroup var target: VMTarget
     func run() async throws {
-        let n = try parseName(name)
-        try await global.manager.resume(n)
-        print("\(n) running")
+        try await target.act { try await $0.resume($1); return "running" }
     }
 }
 
 struct Delete: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "delete", abstract: "Remove a stopped or crashed VM and its folder; --force kills it first.")
-    @OptionGroup var global: GlobalOptions
-    @Argument var name: String
+    @OptionGroup var target: VMTarget
     @Flag(help: "Kill the VM first if it is up.") var force = false
     func run() async throws {
-        let n = try parseName(name)
-        try await global.manager.delete(n, force: force)
-        print("\(n) deleted")
+        try await target.act { try await $0.delete($1, force: force); return "deleted" }
     }
 }
 
@@ -264,13 +261,12 @@ struct List: AsyncParsableCommand {
 struct Logs: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "logs", abstract: "Print a VM's serial console log.")
-    @OptionGroup var global: GlobalOptions
-    @Argument var name: String
+    @OptionGroup var target: VMTarget
     @Option(help: "Only the last N bytes.") var tail: Int?
     func run() async throws {
-        let n = try parseName(name)
+        let n = try parseName(target.name)
         if let tail, tail < 0 { throw PlasmaError(.invalidArgument, "--tail must be >= 0") }
-        let text = try await global.manager.consoleLog(n, maxBytes: tail)
+        let text = try await target.global.manager.consoleLog(n, maxBytes: tail)
         FileHandle.standardOutput.write(Data(text.utf8))
     }
 }

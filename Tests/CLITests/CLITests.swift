@@ -7,15 +7,9 @@ import Testing
 struct CLITests {
     /// Runs `body` with a runner over a private runtime dir; checks nothing is left behind.
     func withCLI(env: [String: String] = [:], _ body: (CLIRunner, TestRuntime) async throws -> Void) async throws {
-        let runtime = try TestRuntime()
-        let cli = CLIRunner(runtimeDir: runtime.root, environment: env)
-        do {
-            try await body(cli, runtime)
-        } catch {
-            runtime.finish()
-            throw error
+        let left = try await TestRuntime.around { runtime in
+            try await body(CLIRunner(runtimeDir: runtime.root, environment: env), runtime)
         }
-        let left = runtime.finish()
         #expect(left.folders.isEmpty, "VM folders left behind: \(left.folders)")
         #expect(left.processes.isEmpty, "processes left behind: \(left.processes)")
     }

@@ -12,16 +12,10 @@ struct KVMIntegrationTests {
     /// Runs `body` with a manager over a private runtime root, then checks that no QEMU
     /// process, socket or folder was left behind, pass or fail.
     func withManager(qemu: String? = nil, _ body: (VMManager, RuntimeRoot) async throws -> Void) async throws {
-        let runtime = try TestRuntime()
-        let root = RuntimeRoot(path: runtime.root)
-        let manager = VMManager(hypervisor: KVMHypervisor(root: root, qemuBinary: qemu))
-        do {
-            try await body(manager, root)
-        } catch {
-            runtime.finish()
-            throw error
+        let left = try await TestRuntime.around { runtime in
+            let root = RuntimeRoot(path: runtime.root)
+            try await body(VMManager(hypervisor: KVMHypervisor(root: root, qemuBinary: qemu)), root)
         }
-        let left = runtime.finish()
         #expect(left.folders.isEmpty, "VM folders left behind: \(left.folders)")
         #expect(left.processes.isEmpty, "processes left behind: \(left.processes)")
     }
