@@ -26,12 +26,17 @@ let package = Package(
         .target(name: "PlasmaKVM",
                 dependencies: ["PlasmaHypervisor", "PlasmaQMP", "CPlasmaSys"],
                 swiftSettings: strict),
+        // Debian's liblua5.4, and the C shim that keeps Lua's longjmp out of Swift frames.
+        .systemLibrary(name: "CLua", pkgConfig: "lua5.4", providers: [.apt(["liblua5.4-dev"])]),
+        .target(name: "CLuaShim", dependencies: ["CLua"]),
+        // Lua plans: state, scheduler, the `vm` API.
+        .target(name: "PlasmaLua", dependencies: ["PlasmaVMM", "CLua", "CLuaShim"], swiftSettings: strict),
         // The one internal API every front end uses.
         .target(name: "PlasmaVMM", dependencies: ["PlasmaHypervisor"], swiftSettings: strict),
         .executableTarget(
             name: "plasmavmc",
             dependencies: [
-                "PlasmaVMM", "PlasmaKVM",
+                "PlasmaVMM", "PlasmaKVM", "PlasmaLua",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),

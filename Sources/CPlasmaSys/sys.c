@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <poll.h>
@@ -150,4 +152,10 @@ void plasma_eventfd_signal(int fd) {
     uint64_t one = 1;
     ssize_t r = write(fd, &one, sizeof(one));
     (void)r;
+}
+
+int plasma_unix_outq(int fd) {
+    int n = 0;
+    if (ioctl(fd, SIOCOUTQ, &n) < 0) return -errno;
+    return n;
 }

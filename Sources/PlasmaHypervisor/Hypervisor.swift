@@ -67,6 +67,12 @@ public protocol Hypervisor: Sendable {
     func list() async throws -> [VMName]
     /// The VM's console output so far (at most the last `maxBytes`).
     func consoleLog(_ name: VMName, maxBytes: Int?) async throws -> String
+    /// Console output from byte `offset` on, and the offset to read from next.
+    func consoleRead(_ name: VMName, from offset: Int) async throws -> (text: String, next: Int)
+    /// Types `text` on the VM's serial console.
+    func sendConsole(_ name: VMName, _ text: String) async throws
+    /// Runs a raw monitor (QMP) command; arguments and reply are JSON text.
+    func monitorCommand(_ name: VMName, _ command: String, argumentsJSON: String?) async throws -> String
     /// Runs `body` while holding the VM's lock, shared with every other process.
     func withExclusiveAccess<T: Sendable>(to name: VMName, timeout: Duration,
                                           _ body: @Sendable () async throws -> T) async throws -> T

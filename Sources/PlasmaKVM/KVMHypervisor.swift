@@ -1,3 +1,4 @@
+import CPlasmaSys
 import Foundation
 import PlasmaHypervisor
 import PlasmaQMP
@@ -213,6 +214,73 @@ public struct KVMHypervisor: Hypervisor {
     public func consoleLog(_ name: VMName, maxBytes: Int?) async throws -> String {
         let paths = try existing(name)
         return RecordFile.tail(paths.consoleLog, maxBytes: maxBytes) ?? ""
+    }
+
+    public func consoleRead(_ name: VMName, from offset: Int) async throws -> (text: String, next: Int) {
+        let paths = try existing(name)
+        guard let h = FileHandle(forReadingAtPath: paths.consoleLog) else { return ("", offset) }
+        defer { try? h.close() }
+        let size = Int((try? h.seekToEnd()) ?? 0)
+        // A relaunch appends; a smaller file means it was replaced: start over.
+        let from = offset > size ? 0 : offset
+        try? h.seek(toOffset: UInt64(from))
+        let data = (try? h.readToEnd()) ?? Data()
+        return (String(decoding: data, as: UTF8.self), from + data.count)
+    }
+
+    public func sendConsole(_ name: VMName, _ text: String) async throws {
+        let paths = try existing(name)
+        guard let launch = RecordFile.read(LaunchRecord.self, from: paths.launch), launch.process.isAlive else {
+            throw PlasmaError(.invalidState, "vm '\(name)': QEMU is not running, so its console cannot be written; start it first")
+        }
+        // Connect, write, wait until QEMU has taken every byte, close. QEMU drops what is
+        // still queued when a client hangs up, and it reads only as fast as the guest's UART
+        // accepts. Whatever the guest prints meanwhile is read and dropped: a console client
+        // that does not read stalls the guest.
+        let fd = paths.consoleSocket.withCString { plasma_unix_connect($0) }
+        guard fd >= 0 else {
+            throw PlasmaError(.unavailable, "vm '\(name)': cannot connect to its console",
+                              cause: String(cString: strerror(-fd)))
+        }
+        defer { close(fd) }
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        var bytes = Array(text.utf8)
+        var off = 0
+        var sink = [UInt8](repeating: 0, count: 4096)
+        let clock = ContinuousClock()
+        let deadline = clock.now + .seconds(30)
+        while true {
+            if off < bytes.count {
+                let n = bytes.withUnsafeMutableBytes { send(fd, $0.baseAddress! + off, $0.count - off, Int32(MSG_NOSIGNAL)) }
+                if n > 0 { off += n } else if n < 0, errno != EAGAIN, errno != EINTR {
+                    throw PlasmaError(.unavailable, "vm '\(name)': writing to its console failed", cause: String(cString: strerror(errno)))
+                }
+            }
+            while sink.withUnsafeMutableBytes({ recv(fd, $0.baseAddress, $0.count, 0) }) > 0 {}
+            if off == bytes.count, plasma_unix_outq(fd) <= 0 { return }
+            if clock.now >= deadline {
+                throw PlasmaError(.timeout, "vm '\(name)': the guest did not read its console input within 30 s (\(bytes.count - off + Int(max(0, plasma_unix_outq(fd)))) bytes left)")
+            }
+            try await Task.sleep(for: .milliseconds(2))
+        }
+    }
+
+    public func monitorCommand(_ name: VMName, _ command: String, argumentsJSON: String?) async throws -> String {
+        let paths = try existing(name)
+        guard let launch = RecordFile.read(LaunchRecord.self, from: paths.launch), launch.process.isAlive else {
+            throw PlasmaError(.invalidState, "vm '\(name)': QEMU is not running; start it first")
+        }
+        var args: JSONValue?
+        if let argumentsJSON {
+            do {
+                args = try JSONDecoder().decode(JSONValue.self, from: Data(argumentsJSON.utf8))
+            } catch {
+                throw PlasmaError(.invalidArgument, "vm '\(name)': QMP arguments are not valid JSON", cause: "\(error)")
+            }
+        }
+        let client = try await connect(name, paths, launch)
+        defer { client.close() }
+        return try await qmp(name, client, command, args).description
     }
 
     public func withExclusiveAccess<T: Sendable>(to name: VMName, timeout: Duration,

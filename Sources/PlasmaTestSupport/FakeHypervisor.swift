@@ -18,6 +18,7 @@ public final class FakeHypervisor: Hypervisor, Sendable {
         var locked: Set<VMName> = []
         var lockWaiters: [VMName: [CheckedContinuation<Void, Never>]] = [:]
         var nextPid: Int32 = 1000
+        var typed: [VMName: String] = [:]
     }
 
     private let state = Mutex(State())
@@ -135,6 +136,26 @@ public final class FakeHypervisor: Hypervisor, Sendable {
         let text = try vm(name).console
         guard let maxBytes, text.utf8.count > maxBytes else { return text }
         return String(decoding: Array(text.utf8).suffix(maxBytes), as: UTF8.self)
+    }
+
+    public func consoleRead(_ name: VMName, from offset: Int) async throws -> (text: String, next: Int) {
+        let bytes = Array(try vm(name).console.utf8)
+        let from = min(offset, bytes.count)
+        return (String(decoding: bytes[from...], as: UTF8.self), bytes.count)
+    }
+
+    /// What was typed on each VM's console.
+    public func typed(_ name: VMName) -> String { state.withLock { $0.typed[name] ?? "" } }
+
+    public func sendConsole(_ name: VMName, _ text: String) async throws {
+        _ = try vm(name)
+        state.withLock { $0.typed[name, default: ""] += text }
+    }
+
+    public func monitorCommand(_ name: VMName, _ command: String, argumentsJSON: String?) async throws -> String {
+        _ = try vm(name)
+        try await record("qmp \(command)", name)
+        return command == "query-status" ? #"{"running":true,"status":"running"}"# : "{}"
     }
 
     public func withExclusiveAccess<T: Sendable>(to name: VMName, timeout: Duration,

@@ -97,6 +97,21 @@ public struct VMManager: Sendable {
         try await guarded { try await hypervisor.consoleLog(name, maxBytes: maxBytes) }
     }
 
+    /// Console output from byte `offset` on, and where to read next.
+    public func consoleRead(_ name: VMName, from offset: Int) async throws -> (text: String, next: Int) {
+        try await guarded { try await hypervisor.consoleRead(name, from: offset) }
+    }
+
+    /// Types `text` on the VM's serial console. Legal while its QEMU is up.
+    public func sendConsole(_ name: VMName, _ text: String) async throws {
+        try await guarded { try await hypervisor.sendConsole(name, text) }
+    }
+
+    /// A raw QMP command; JSON text in and out. Legal while its QEMU is up.
+    public func monitorCommand(_ name: VMName, _ command: String, argumentsJSON: String? = nil) async throws -> String {
+        try await guarded { try await hypervisor.monitorCommand(name, command, argumentsJSON: argumentsJSON) }
+    }
+
     // MARK: internals
 
     private func act<T: Sendable>(_ name: VMName, _ op: VMOperation,

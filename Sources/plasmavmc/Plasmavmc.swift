@@ -60,9 +60,9 @@ struct Plasmavmc: AsyncParsableCommand {
         discussion: """
             Exit codes: 0 success, 1 operation failed, 2 bad usage or invalid input, \
             3 no such VM, 4 the VM exists or its state forbids the operation, 5 timed out, \
-            6 unavailable (QEMU missing, VM busy).
+            6 unavailable (QEMU missing, VM busy). `run` has its own (see plasmavmc run --help).
             """,
-        subcommands: [Create.self, Start.self, Status.self, Stop.self, Kill.self, Pause.self,
+        subcommands: [Run.self, Create.self, Start.self, Status.self, Stop.self, Kill.self, Pause.self,
                       Resume.self, Delete.self, List.self, Logs.self])
 }
 
@@ -71,8 +71,10 @@ struct GlobalOptions: ParsableArguments {
             help: "Folder holding one folder per VM (default: $PLASMAVMC_RUNTIME_DIR, /run/plasmavmc for root, else $XDG_RUNTIME_DIR/plasmavmc).")
     var runtimeDir: String?
 
+    var root: RuntimeRoot { RuntimeRoot.resolve(explicit: runtimeDir) }
+
     var manager: VMManager {
-        VMManager(hypervisor: KVMHypervisor(root: RuntimeRoot.resolve(explicit: runtimeDir)))
+        VMManager(hypervisor: KVMHypervisor(root: root))
     }
 }
 

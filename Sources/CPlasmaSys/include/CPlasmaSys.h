@@ -40,4 +40,7 @@ int plasma_poll2(int fd, int wake_fd, int timeout_ms);
 /// Signals an eventfd made by plasma_eventfd.
 void plasma_eventfd_signal(int fd);
 
+/// Bytes written to the unix socket `fd` that the peer has not read yet (SIOCOUTQ), or -errno.
+int plasma_unix_outq(int fd);
+
 #endif

@@ -1,0 +1,118 @@
+import ArgumentParser
+import Foundation
+import PlasmaLua
+import PlasmaVMM
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run a Lua plan: plasmavmc run PLAN.lua [ARGS…], or plasmavmc run -e CODE.",
+        discussion: """
+            Plan arguments are in `arg` (arg[0] is the plan) and in `...`. Exit status: 0 when the \
+            plan ends normally, 1 on an uncaught error or when the plan returns false, the integer \
+            a plan returns, 2 for a missing plan or a syntax error (reported before anything runs), \
+            5 when --timeout ends it, 130 on Ctrl-C. Ephemeral VMs are removed however the plan ends.
+            """)
+
+    @OptionGroup var global: GlobalOptions
+    @Option(name: .short, help: "Run CODE instead of a plan file.") var e: String?
+    @Option(parsing: .unconditional, help: "Seconds the whole plan may take.") var timeout: String?
+    @Flag(help: "When the plan fails, keep its VMs (ephemeral ones too) and say how to reach them.")
+    var keepOnFailure = false
+    @Argument(parsing: .captureForPassthrough, help: "The plan file and its arguments.") var plan: [String] = []
+
+    func run() async throws {
+        var limit: Duration?
+        if let timeout {
+            guard let s = Double(timeout), s > 0, s.isFinite else {
+                throw PlasmaError(.invalidArgument, "--timeout must be a number of seconds > 0, got \"\(timeout)\"")
+            }
+            limit = .milliseconds(Int64(s * 1000))
+        }
+        let options: PlanOptions
+        let cwd = FileManager.default.currentDirectoryPath
+        if let code = e {
+            options = PlanOptions(source: code, chunkName: "=(command line)", planDirectory: cwd,
+                                  scriptName: "-e", arguments: plan, timeout: limit,
+                                  keepOnFailure: keepOnFailure, stdlibPath: Stdlib.path)
+        } else {
+            guard let file = plan.first else {
+                throw PlasmaError(.invalidArgument, "run needs a plan file (plasmavmc run PLAN.lua) or -e CODE")
+            }
+            var isDir: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: file, isDirectory: &isDir), !isDir.boolValue,
+                  let data = FileManager.default.contents(atPath: file) else {
+                throw PlasmaError(.invalidArgument, "plan file \(file) does not exist or is not readable")
+            }
+            let dir = (absolutePath(file) as NSString).deletingLastPathComponent
+            options = PlanOptions(source: String(decoding: data, as: UTF8.self), chunkName: "@" + file,
+                                  planDirectory: dir, scriptName: file, arguments: Array(plan.dropFirst()),
+                                  timeout: limit, keepOnFailure: keepOnFailure, stdlibPath: Stdlib.path)
+        }
+        let runner = PlanRunner(manager: global.manager, options: options)
+        let signals = SignalForwarder { runner.interrupt("interrupted (\($0))") }
+        let outcome = await runner.run()
+        withExtendedLifetime(signals) {}
+        fflush(nil)
+        if let message = outcome.message {
+            FileHandle.standardError.write(Data("plasmavmc: error: \(message)\n".utf8))
+        }
+        if !outcome.keptVMs.isEmpty {
+            var text = "plasmavmc: kept for inspection (runtime dir \(global.root.path)):\n"
+            for vm in outcome.keptVMs {
+                text += "  \(vm): plasmavmc status \(vm); plasmavmc logs \(vm); plasmavmc delete \(vm) --force\n"
+            }
+            FileHandle.standardError.write(Data(text.utf8))
+        }
+        switch outcome.kind {
+        case .success: return
+        case .returnedFalse, .runtimeError: throw ExitCode(1)
+        case .exitStatus(let code): throw ExitCode(code)
+        case .syntaxError: throw ExitCode(2)
+        case .timedOut: throw ExitCode(5)
+        case .interrupted: throw ExitCode(130)
+        }
+    }
+}
+
+/// Turns SIGINT and SIGTERM into a call, so a plan can clean up instead of dying.
+final class SignalForwarder {
+    private let sources: [any DispatchSourceSignal]
+
+    init(_ handler: @escaping @Sendable (String) -> Void) {
+        var made: [any DispatchSourceSignal] = []
+        for (sig, name) in [(SIGINT, "SIGINT"), (SIGTERM, "SIGTERM")] {
+            signal(sig, SIG_IGN)
+            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            s.setEventHandler { handler(name) }
+            s.resume()
+            made.append(s)
+        }
+        sources = made
+    }
+
+    deinit {
+        for s in sources { s.cancel() }
+    }
+}
+
+/// Where the Lua standard library (stdlib/) is: PLASMAVMC_STDLIB, else a stdlib/ folder
+/// beside the executable or up to five folders above it (a build tree), else the system's.
+enum Stdlib {
+    static var path: String? {
+        let fm = FileManager.default
+        if let env = ProcessInfo.processInfo.environment["PLASMAVMC_STDLIB"], !env.isEmpty { return env }
+        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+        if !CommandLine.arguments[0].contains("/"),
+           let exe = try? fm.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
+            dir = URL(fileURLWithPath: exe).deletingLastPathComponent()
+        }
+        for _ in 0..<6 {
+            let candidate = dir.appendingPathComponent("stdlib")
+            if fm.fileExists(atPath: candidate.appendingPathComponent("plasma").path) { return candidate.path }
+            dir.deleteLastPathComponent()
+        }
+        let system = "/usr/share/plasmavmc/stdlib"
+        return fm.fileExists(atPath: system) ? system : nil
+    }
+}

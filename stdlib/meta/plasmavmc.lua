@@ -1,0 +1,301 @@
+---@meta plasmavmc
+-- Type stubs for the Lua language server (LuaLS): what plasmavmc gives a plan (`vm`, `sleep`)
+-- and the plasma.test module. Never run: add this folder to "workspace.library" (and stdlib/
+-- too, so `require "plasma.test"` resolves to the real module, which uses these types).
+
+---------------------------------------------------------------------------------------------
+-- vm
+
+---@alias plasmavmc.State
+---| "created" # QEMU is up, paused before the first instruction
+---| "running"
+---| "paused"
+---| "stopped" # stopped or killed by plasmavmc, or the guest powered off
+---| "crashed" # QEMU died without shutting down, or the guest panicked
+
+---@alias plasmavmc.Accel "auto"|"kvm"|"tcg"
+
+---@class plasmavmc.CreateSpec
+---@field name string VM name, unique in the runtime directory
+---@field kernel? string kernel image to boot; without one the VM boots from its first disk
+---@field initrd? string initial ramdisk
+---@field append? string kernel command line (one line); `console=ttyS0` is added unless a `console=` is there
+---@field memory? string|integer size like "256M" or "1G" (default "256M")
+---@field cpus? integer virtual CPUs (default 1)
+---@field disks? string[] disk image paths (qcow2 or raw), on virtio
+---@field net? string|string[] networks like "user" or "user,hostfwd=tcp:127.0.0.1:8080-:80"
+---@field accel? plasmavmc.Accel "auto" (default) uses KVM only where it really works, else TCG
+---@field ephemeral? boolean delete the VM when the plan ends (default false)
+
+---@class plasmavmc.StopOptions
+---@field timeout? number seconds for the whole stop, forced steps included (default 30)
+
+---@class plasmavmc.DeleteOptions
+---@field force? boolean kill a VM whose QEMU is up instead of refusing (default false)
+
+---@class plasmavmc.WaitOptions
+---@field timeout? number seconds (default 60)
+
+---@class plasmavmc.ConsoleWaitOptions
+---@field timeout? number seconds (default 60)
+---@field fail? string[] Lua patterns: a console line matching one raises at once
+---@field since? integer byte offset into the console log (as returned by an earlier wait): older lines do not count
+
+---@class plasmavmc.ExecOptions
+---@field timeout? number seconds (default 60)
+
+---@class plasmavmc.Info
+---@field name string
+---@field id string
+---@field state plasmavmc.State
+---@field reason string why the VM is in that state (e.g. how it stopped)
+---@field pid? integer QEMU's process id while it runs
+---@field accel string the accelerator in use ("kvm" or "tcg")
+---@field spec table the VM's spec, as stored
+
+--- A handle on one VM. Methods may be called as `v:start()` or `vm.start(v)` (or
+--- `vm.start("name")`). Failures raise errors naming the VM.
+---@class plasmavmc.VM
+---@field name string
+---@field id string
+local VM = {}
+
+--- Boot the VM (created, stopped or crashed → running).
+---@return plasmavmc.VM self
+function VM:start() end
+
+--- The VM's state, derived from its live QEMU process, and why.
+---@return plasmavmc.State state
+---@return string reason
+function VM:status() end
+
+--- Stop: ACPI powerdown (repeated), then QMP quit, SIGTERM, SIGKILL, all within the timeout.
+---@param opts? plasmavmc.StopOptions
+---@return string step the step that stopped the VM
+function VM:stop(opts) end
+
+--- Kill QEMU at once.
+function VM:kill() end
+
+--- Pause the guest's CPUs.
+function VM:pause() end
+
+--- Resume a paused VM.
+function VM:resume() end
+
+--- Delete the VM and its folder. Refuses a VM whose QEMU is up unless `force`.
+---@param opts? plasmavmc.DeleteOptions
+function VM:delete(opts) end
+
+---@return plasmavmc.Info
+function VM:info() end
+
+--- Wait until the VM is in `state`; raises on timeout.
+---@param state plasmavmc.State
+---@param opts? plasmavmc.WaitOptions
+---@return boolean
+function VM:wait_for(state, opts) end
+
+--- Wait for a console line matching the Lua pattern; lines logged before the call count too
+--- (unless opts.since). Raises on timeout, showing the last console lines.
+---@param pattern string
+---@param opts? plasmavmc.ConsoleWaitOptions
+---@return string line the matching line
+---@return integer offset byte offset just past the line, for opts.since
+function VM:wait_for_console(pattern, opts) end
+
+--- Type text on the serial console (include "\n" to end a line).
+---@param text string
+function VM:send_console(text) end
+
+--- The whole serial console log so far.
+---@return string
+function VM:console_log() end
+
+--- Run a shell command on the guest's serial console shell.
+---@param cmd string
+---@param opts? plasmavmc.ExecOptions
+---@return integer code exit status
+---@return string output what the command printed
+function VM:exec(cmd, opts) end
+
+--- Send a QMP command and return its result.
+---@param command string e.g. "query-status"
+---@param args? table the command's arguments
+---@return table
+function VM:qmp(command, args) end
+
+---@alias plasmavmc.Target plasmavmc.VM|string a VM object or a VM name
+
+--- The plasmavmc API given to plans.
+vm = {}
+
+--- Create a VM (state "created": QEMU up, paused before boot).
+---@param spec plasmavmc.CreateSpec
+---@return plasmavmc.VM
+function vm.create(spec) end
+
+---@param v plasmavmc.Target
+---@return plasmavmc.VM
+function vm.start(v) end
+
+---@param v plasmavmc.Target
+---@return plasmavmc.State state
+---@return string reason
+function vm.status(v) end
+
+---@param v plasmavmc.Target
+---@param opts? plasmavmc.StopOptions
+---@return string step
+function vm.stop(v, opts) end
+
+---@param v plasmavmc.Target
+function vm.kill(v) end
+
+---@param v plasmavmc.Target
+function vm.pause(v) end
+
+---@param v plasmavmc.Target
+function vm.resume(v) end
+
+---@param v plasmavmc.Target
+---@param opts? plasmavmc.DeleteOptions
+function vm.delete(v, opts) end
+
+---@param v plasmavmc.Target
+---@return plasmavmc.Info
+function vm.info(v) end
+
+---@param v plasmavmc.Target
+---@param state plasmavmc.State
+---@param opts? plasmavmc.WaitOptions
+---@return boolean
+function vm.wait_for(v, state, opts) end
+
+---@param v plasmavmc.Target
+---@param pattern string
+---@param opts? plasmavmc.ConsoleWaitOptions
+---@return string line
+---@return integer offset
+function vm.wait_for_console(v, pattern, opts) end
+
+---@param v plasmavmc.Target
+---@param text string
+function vm.send_console(v, text) end
+
+---@param v plasmavmc.Target
+---@return string
+function vm.console_log(v) end
+
+---@param v plasmavmc.Target
+---@param cmd string
+---@param opts? plasmavmc.ExecOptions
+---@return integer code
+---@return string output
+function vm.exec(v, cmd, opts) end
+
+---@param v plasmavmc.Target
+---@param command string
+---@param args? table
+---@return table
+function vm.qmp(v, command, args) end
+
+--- Every VM in the runtime directory.
+---@return plasmavmc.VM[]
+function vm.list() end
+
+--- The VM called `name`, or nil and a message.
+---@param name string
+---@return plasmavmc.VM|nil
+---@return string? message
+function vm.get(name) end
+
+--- Run the functions concurrently; returns their results in argument order once all are done.
+--- An error in one is raised here.
+---@param ... fun(): any
+---@return any ...
+function vm.parallel(...) end
+
+--- Pause the plan (other vm.parallel branches go on running).
+---@param seconds number
+function sleep(seconds) end
+
+---------------------------------------------------------------------------------------------
+-- plasma.test (require "plasma.test")
+
+---@class plasma.test.CaseOptions
+---@field timeout? number seconds; checked while the case runs Lua code (a blocking vm call ends by its own timeout)
+---@field skip? string|boolean skip the case: the reason (true: none given; false: run it)
+
+---@class plasma.test.RunOptions
+---@field filter? string Lua pattern: only cases whose name matches run (default $PLASMAVMC_TEST_FILTER)
+---@field junit? string write a JUnit XML report there (default $PLASMAVMC_JUNIT)
+---@field artifacts? string folder for console logs of failed cases (default $PLASMAVMC_TEST_ARTIFACTS or ./plasmavmc-test-artifacts)
+
+--- The assertion object passed to each case. A failed assertion ends the case; its message
+--- starts with the file:line of the assertion.
+---@class plasma.test.T
+---@field name string the case's name as reported
+local T = {}
+
+--- Deep equality (tables by contents); the failure shows `expected:` and `got:`.
+---@param got any
+---@param expected any
+---@param msg? string
+function T:eq(got, expected, msg) end
+
+--- Fails unless value is neither nil nor false; returns value.
+---@generic V
+---@param value V
+---@param message? any shown on failure (so `t:ok(vm.get(name))` shows get's message)
+---@return V
+function T:ok(value, message) end
+
+--- Fails unless text matches the Lua pattern; returns the captures (or the whole match).
+---@param text any
+---@param pattern string
+---@param msg? string
+---@return string ...
+function T:match(text, pattern, msg) end
+
+--- Fails unless fn raises an error (whose message matches pattern, if given); returns the error.
+---@param fn fun(): any
+---@param pattern? string
+---@return any err
+function T:raises(fn, pattern) end
+
+--- Fails the case now.
+---@param msg? string
+function T:fail(msg) end
+
+--- Ends the case now as skipped.
+---@param reason? string
+function T:skip(reason) end
+
+--- Prints a diagnostic line (`# ...`); tables are rendered, not shown as addresses.
+---@param ... any
+function T:log(...) end
+
+---@class plasma.test
+local test = {}
+
+--- Register a case; names must be unique. Cases run in registration order.
+---@param name string
+---@param opts plasma.test.CaseOptions
+---@param fn fun(t: plasma.test.T)
+---@overload fun(name: string, fn: fun(t: plasma.test.T))
+function test.case(name, opts, fn) end
+
+--- Run the registered cases: TAP on stdout ending in "N passed, N failed". Returns true if no
+--- case failed (a plan returning false exits with status 1).
+---@param opts? plasma.test.RunOptions
+---@return boolean
+function test.run(opts) end
+
+--- Forget every registered case.
+function test.reset() end
+
+--- Render a value as the assertion messages do (strings quoted, tables compact).
+---@param value any
+---@return string
+function test.repr(value) end
