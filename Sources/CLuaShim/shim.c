@@ -86,7 +86,7 @@ static const char *volatile interrupt_reason = NULL;
 static void interrupt_hook(lua_State *L, lua_Debug *ar) {
     (void)ar;
     lua_sethook(L, NULL, 0, 0);
-    luaL_error(L, "plan interrupted: %s", interrupt_reason ? interrupt_reason : "stopped");
+    luaL_error(L, "plan %s", interrupt_reason ? interrupt_reason : "interrupted");
 }
 
 void plasma_interrupt(lua_State *L, const char *why) {

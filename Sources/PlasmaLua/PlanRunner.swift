@@ -103,7 +103,8 @@ public final class PlanRunner: @unchecked Sendable {
     /// How a coroutine ended.
     enum Ending {
         case success([LuaValue])
-        case failure(String)
+        /// The error message, and the same with the coroutine's traceback.
+        case failure(String, traceback: String)
     }
 
     enum Resume {
@@ -249,7 +250,8 @@ public final class PlanRunner: @unchecked Sendable {
                 startParallel(parent: id, tableOn: co)
             } else {
                 plasma_pop(co, nres)
-                end(id, .failure("coroutine.yield is not allowed in a plan outside vm calls (plans run in the scheduler's coroutines)"))
+                let msg = "coroutine.yield is not allowed in a plan outside vm calls (plans run in the scheduler's coroutines)"
+                end(id, .failure(msg, traceback: msg))
             }
         case LUA_OK:
             var values: [LuaValue] = []
@@ -262,7 +264,7 @@ public final class PlanRunner: @unchecked Sendable {
             plasma_traceback(L, co, msg)
             let text = LuaStack.string(L, -1) ?? msg
             plasma_pop(L, 1)
-            end(id, .failure(text))
+            end(id, .failure(msg, traceback: text))
         }
     }
 
@@ -308,7 +310,7 @@ public final class PlanRunner: @unchecked Sendable {
             } else {
                 groups[parentID] = group
             }
-        case .failure(let message):
+        case .failure(let message, _):
             groups[parentID] = nil
             for m in group.members where m != id { cancel(m) }
             runnable.append((parentID, .failure("vm.parallel: branch \(slot + 1) failed: \(message)")))
@@ -351,7 +353,7 @@ public final class PlanRunner: @unchecked Sendable {
                 return PlanOutcome(kind: .exitStatus(Int32(truncatingIfNeeded: code)), message: nil, keptVMs: [])
             default: return PlanOutcome(kind: .success, message: nil, keptVMs: [])
             }
-        case .failure(let message)?:
+        case .failure(_, let message)?:
             inbox.lock()
             let reason = interruptReason
             inbox.unlock()

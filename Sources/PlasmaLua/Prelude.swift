@@ -28,7 +28,8 @@ local function call(name, ...)
     if r[1] then return table.unpack(r, 2, r.n) end
     raise(r[2])
   end
-  local id = native.op(name, ...)
+  local started, id = pcall(native.op, name, ...)
+  if not started then raise(id) end
   local r = table.pack(yield(id))
   if r[1] then return table.unpack(r, 2, r.n) end
   raise(r[2])
@@ -268,9 +269,7 @@ end
 for k, fn in pairs(VM) do vm[k] = fn end
 
 function vm.list()
-  local out = {}
-  for i, name in ipairs(call("list")) do out[i] = wrap(name) end
-  return out
+  return call("list")
 end
 
 function vm.get(name)

@@ -32,14 +32,43 @@ public struct CLIRunner: Sendable {
         return TestGuest.repoRoot + "/.build/debug/plasmavmc"
     }
 
+    /// A `plasmavmc` process still running.
+    public final class Running: @unchecked Sendable {
+        let process: Process
+        let tmp: TempDir
+        init(process: Process, tmp: TempDir) {
+            self.process = process
+            self.tmp = tmp
+        }
+
+        /// Sends SIGINT, as Ctrl-C in a terminal would.
+        public func interrupt() { process.interrupt() }
+
+        /// What it has printed so far.
+        public var stdout: String { String(decoding: FileManager.default.contents(atPath: tmp.path + "/out") ?? Data(), as: UTF8.self) }
+
+        /// Waits for it to end and returns what it printed.
+        public func wait() async throws -> Result {
+            while process.isRunning { try await Task.sleep(for: .milliseconds(5)) }
+            defer { tmp.remove() }
+            let err = String(decoding: FileManager.default.contents(atPath: tmp.path + "/err") ?? Data(), as: UTF8.self)
+            return Result(status: process.terminationStatus, stdout: stdout, stderr: err)
+        }
+    }
+
     /// Runs `plasmavmc ARGS` with PLASMAVMC_RUNTIME_DIR set to this runner's root.
     public func run(_ args: [String]) async throws -> Result {
+        try await start(args).wait()
+    }
+
+    /// Starts `plasmavmc ARGS` (in the repository root) without waiting for it.
+    public func start(_ args: [String]) throws -> Running {
         let tmp = try TempDir(prefix: "cli")
-        defer { tmp.remove() }
         let outPath = tmp.path + "/out", errPath = tmp.path + "/err"
         _ = FileManager.default.createFile(atPath: outPath, contents: nil)
         _ = FileManager.default.createFile(atPath: errPath, contents: nil)
         let p = Process()
+        p.currentDirectoryURL = URL(fileURLWithPath: TestGuest.repoRoot)
         p.executableURL = URL(fileURLWithPath: Self.executable)
         p.arguments = args
         var env = ProcessInfo.processInfo.environment
@@ -49,11 +78,13 @@ public struct CLIRunner: Sendable {
         p.standardInput = FileHandle.nullDevice
         p.standardOutput = FileHandle(forWritingAtPath: outPath)
         p.standardError = FileHandle(forWritingAtPath: errPath)
-        try p.run()
-        while p.isRunning { try await Task.sleep(for: .milliseconds(5)) }
-        let out = String(decoding: FileManager.default.contents(atPath: outPath) ?? Data(), as: UTF8.self)
-        let err = String(decoding: FileManager.default.contents(atPath: errPath) ?? Data(), as: UTF8.self)
-        return Result(status: p.terminationStatus, stdout: out, stderr: err)
+        do {
+            try p.run()
+        } catch {
+            tmp.remove()
+            throw error
+        }
+        return Running(process: p, tmp: tmp)
     }
 
     public func run(_ args: String...) async throws -> Result { try await run(args) }

@@ -10,6 +10,9 @@
 -- Also defines `sleep` and `__plasma_now` on a virtual clock: sleep(s) advances it at once, so
 -- tests of timeouts take no real time.
 --
+-- Like the real API, every operation yields to the host's scheduler when it can (host.lua runs
+-- plans in a coroutine), so the runner is tested across yields: pcall, xpcall, hooks.
+--
 -- Boot output: start() appends to the console "booting <name>" and "PLASMAVMC-GUEST-READY";
 -- send_console(text) appends text as if the guest echoed it.
 
@@ -40,7 +43,10 @@ function vm._reset()
 end
 vm._reset()
 
+-- Every operation starts here: yield to the scheduler (as the real API does for each native
+-- call), then find the VM.
 local function record_of(v, fname)
+  if coroutine.isyieldable() then coroutine.yield(fname) end
   if getmetatable(v) == MT then
     local f = rawget(v, "_f")
     if f.deleted then raise(("vm.%s: vm '%s' was deleted"):format(fname, f.name)) end
@@ -77,6 +83,7 @@ local CREATE_KEYS = {
 }
 
 function vm.create(spec)
+  if coroutine.isyieldable() then coroutine.yield("create") end
   if type(spec) ~= "table" then raise("vm.create: expected a table like {name=…, kernel=…}, got " .. type(spec)) end
   for k in pairs(spec) do
     if not CREATE_KEYS[k] then raise(("vm.create: unknown option '%s'"):format(tostring(k))) end
@@ -193,12 +200,14 @@ end
 for k, fn in pairs(VM) do vm[k] = fn end
 
 function vm.list()
+  if coroutine.isyieldable() then coroutine.yield("list") end
   local out = {}
   for i, name in ipairs(order) do out[i] = wrap(vms[name]) end
   return out
 end
 
 function vm.get(name)
+  if coroutine.isyieldable() then coroutine.yield("get") end
   if type(name) ~= "string" then raise("vm.get: name must be a string, got " .. type(name)) end
   if vms[name] then return wrap(vms[name]) end
   return nil, ("no such vm '%s'"):format(name)
@@ -221,6 +230,7 @@ _G.sleep = function(seconds)
   if type(seconds) ~= "number" or seconds < 0 then
     raise("sleep: seconds must be a number >= 0, got " .. tostring(seconds))
   end
+  if coroutine.isyieldable() then coroutine.yield("sleep") end
   clock = clock + seconds
 end
 

@@ -5,6 +5,8 @@
 -- Puts stdlib/ on package.path, installs the fake vm API (unless --no-vm: then there is no
 -- `vm`, no `sleep` and no `__plasma_now`, as in bare Lua), sets `arg` like the real host and
 -- maps the plan's result to the exit status as the real host does: `false` or an error -> 1.
+-- Like the real host, it runs the plan in a coroutine that yields on every vm operation; this
+-- scheduler just resumes it.
 
 local here = arg[0]:match("^(.*)/[^/]*$") or "."
 package.path = here .. "/../../stdlib/?.lua;" .. package.path
@@ -30,10 +32,14 @@ if not chunk then
   io.stderr:write("plasmavmc: error: ", err, "\n")
   os.exit(1)
 end
-local ok, result = xpcall(chunk, debug.traceback, table.unpack(args))
+local plan_co = coroutine.create(chunk)
+local ok, result = coroutine.resume(plan_co, table.unpack(args))
+while ok and coroutine.status(plan_co) == "suspended" do
+  ok, result = coroutine.resume(plan_co)
+end
 io.stdout:flush()
 if not ok then
-  io.stderr:write("plasmavmc: error: ", tostring(result), "\n")
+  io.stderr:write("plasmavmc: error: ", debug.traceback(plan_co, tostring(result)), "\n")
   os.exit(1)
 end
 os.exit(result == false and 1 or 0)

@@ -19,12 +19,12 @@
 ---@field name string VM name, unique in the runtime directory
 ---@field kernel? string kernel image to boot; without one the VM boots from its first disk
 ---@field initrd? string initial ramdisk
----@field append? string kernel command line (one line); `console=ttyS0` is added unless a `console=` is there
+---@field append? string kernel command line (one line); `console=ttyS0` added unless given
 ---@field memory? string|integer size like "256M" or "1G" (default "256M")
 ---@field cpus? integer virtual CPUs (default 1)
 ---@field disks? string[] disk image paths (qcow2 or raw), on virtio
 ---@field net? string|string[] networks like "user" or "user,hostfwd=tcp:127.0.0.1:8080-:80"
----@field accel? plasmavmc.Accel "auto" (default) uses KVM only where it really works, else TCG
+---@field accel? plasmavmc.Accel default auto: KVM only where it really works, else TCG
 ---@field ephemeral? boolean delete the VM when the plan ends (default false)
 
 ---@class plasmavmc.StopOptions
@@ -39,7 +39,7 @@
 ---@class plasmavmc.ConsoleWaitOptions
 ---@field timeout? number seconds (default 60)
 ---@field fail? string[] Lua patterns: a console line matching one raises at once
----@field since? integer byte offset into the console log (as returned by an earlier wait): older lines do not count
+---@field since? integer console byte offset (from an earlier wait): older lines do not count
 
 ---@class plasmavmc.ExecOptions
 ---@field timeout? number seconds (default 60)
@@ -125,7 +125,8 @@ function VM:exec(cmd, opts) end
 ---@return table
 function VM:qmp(command, args) end
 
----@alias plasmavmc.Target plasmavmc.VM|string a VM object or a VM name
+-- A VM object or a VM name.
+---@alias plasmavmc.Target plasmavmc.VM|string
 
 --- The plasmavmc API given to plans.
 vm = {}
@@ -224,13 +225,13 @@ function sleep(seconds) end
 -- plasma.test (require "plasma.test")
 
 ---@class plasma.test.CaseOptions
----@field timeout? number seconds; checked while the case runs Lua code (a blocking vm call ends by its own timeout)
+---@field timeout? number seconds; checked while Lua code runs (a vm call ends by its own timeout)
 ---@field skip? string|boolean skip the case: the reason (true: none given; false: run it)
 
 ---@class plasma.test.RunOptions
----@field filter? string Lua pattern: only cases whose name matches run (default $PLASMAVMC_TEST_FILTER)
+---@field filter? string Lua pattern: only matching case names run (default $PLASMAVMC_TEST_FILTER)
 ---@field junit? string write a JUnit XML report there (default $PLASMAVMC_JUNIT)
----@field artifacts? string folder for console logs of failed cases (default $PLASMAVMC_TEST_ARTIFACTS or ./plasmavmc-test-artifacts)
+---@field artifacts? string console logs of failed cases go here (default $PLASMAVMC_TEST_ARTIFACTS)
 
 --- The assertion object passed to each case. A failed assertion ends the case; its message
 --- starts with the file:line of the assertion.

@@ -31,6 +31,8 @@ local HOOK_COUNT = 1000         -- instructions between two checks of a case's t
 -- This file's source: assertion failures and errors are reported at the first frame outside it.
 local OWN_SOURCE = debug.getinfo(1, "S").source
 local OWN_SHORT_SRC = debug.getinfo(1, "S").short_src
+-- The position an error raised at a line of this file starts with.
+local OWN_POSITION = "^" .. OWN_SHORT_SRC:gsub("%p", "%%%0") .. ":%d+: "
 
 local cases    -- registered cases in order: {name=, fn=, timeout=, skip=, done=}
 local by_name  -- name -> case, to refuse duplicates
@@ -390,10 +392,13 @@ local CASE_OPTIONS = { timeout = true, skip = true }
 ---@overload fun(name: string, fn: fun(t: plasma.test.T))
 function M.case(name, opts, fn)
   if fn == nil and type(opts) == "function" then opts, fn = {}, opts end
+  if opts == nil then opts = {} end
   if type(name) ~= "string" or name == "" then
     error("test.case: name must be a non-empty string, got " .. repr(name), 2)
   end
-  if running then error(("test.case %q: cannot register a case while a case runs"):format(name), 2) end
+  if running then
+    error(("test.case %q: cannot register a case while a case runs"):format(name), 2)
+  end
   if type(opts) ~= "table" then
     error(("test.case %q: options must be a table, got %s"):format(name, type(opts)), 2)
   end
@@ -439,14 +444,13 @@ local function track_vms()
     return {}, function() end
   end
   local created, original = {}, api.create
-  local where = "^" .. OWN_SHORT_SRC:gsub("%p", "%%%0") .. ":%d+: "
   api.create = function(...)
     local r = table.pack(pcall(original, ...))
     if not r[1] then
       -- vm.create raised at its caller, which is this wrapper: move the error to the plan.
       local err = r[2]
-      if type(err) == "string" and err:find(where) then
-        error(err:gsub(where, "", 1), caller_level())
+      if type(err) == "string" and err:find(OWN_POSITION) then
+        error(err:gsub(OWN_POSITION, "", 1), caller_level())
       end
       error(err, 0)
     end
@@ -488,13 +492,19 @@ local function sanitize(s)
   return (s:gsub("[^%w%.%-]+", "_"):gsub("^%.", "_"):sub(1, 100))
 end
 
+-- An error of a vm call made by the cleanup: raised at this file's line, which says nothing.
+local function cleanup_error(err)
+  return (error_text(err):gsub(OWN_POSITION, "", 1))
+end
+
 local function save_consoles(dir, case_name, vms, notes)
   local made = false
   for _, e in ipairs(vms) do
     local ok, text = pcall(function() return e.vm:console_log() end)
     if not ok then
       if exists(e.name) then
-        notes[#notes + 1] = ("could not read the console log of VM %s: %s"):format(e.name, error_text(text))
+        notes[#notes + 1] = ("could not read the console log of VM %s: %s")
+          :format(e.name, cleanup_error(text))
       end
     elseif type(text) == "string" then
       if not made then
@@ -522,7 +532,7 @@ local function delete_vms(vms, notes)
     local e = vms[i]
     local ok, err = pcall(function() return e.vm:delete{ force = true } end)
     if not ok and exists(e.name) then
-      notes[#notes + 1] = ("could not delete VM %s: %s"):format(e.name, error_text(err))
+      notes[#notes + 1] = ("could not delete VM %s: %s"):format(e.name, cleanup_error(err))
     end
   end
 end
@@ -581,14 +591,18 @@ Runner.__index = Runner
 
 local function new_runner(opts)
   opts = opts or {}
-  if type(opts) ~= "table" then error("test.run: options must be a table, got " .. type(opts), 3) end
+  if type(opts) ~= "table" then
+    error("test.run: options must be a table, got " .. type(opts), 3)
+  end
   local filter = opts.filter or getenv("PLASMAVMC_TEST_FILTER")
   if filter ~= nil then
     if type(filter) ~= "string" then
       error("test.run: filter must be a string (a Lua pattern), got " .. type(filter), 3)
     end
     local ok, err = pcall(string.find, "", filter)
-    if not ok then error(("test.run: invalid filter pattern %s: %s"):format(quote(filter), err), 3) end
+    if not ok then
+      error(("test.run: invalid filter pattern %s: %s"):format(quote(filter), err), 3)
+    end
   end
   return setmetatable({
     filter = filter,
@@ -600,8 +614,8 @@ local function new_runner(opts)
   }, Runner)
 end
 
-function Runner:start()
-  io.stdout:setvbuf("line")
+function Runner.start()
+  io.stdout:setvbuf("line")  -- each line shows at once, also through a pipe
   out("TAP version 14")
 end
 
@@ -773,7 +787,8 @@ function Runner:junit_xml()
       for _, line in ipairs(r.logs) do output[#output + 1] = line end
       for _, line in ipairs(r.notes) do output[#output + 1] = line end
       if #output > 0 then
-        inner[#inner + 1] = ("      <system-out>%s</system-out>"):format(xml(table.concat(output, "\n")))
+        inner[#inner + 1] = ("      <system-out>%s</system-out>")
+          :format(xml(table.concat(output, "\n")))
       end
       if #inner == 0 then
         body[#body + 1] = head .. "/>"

@@ -30,7 +30,7 @@ int plasma_resume(lua_State *co, lua_State *from, int nargs, int *nresults);
 /// A traceback of coroutine `co` after a failed resume, with `msg` first; pushed on `L`.
 void plasma_traceback(lua_State *L, lua_State *co, const char *msg);
 
-/// Makes the running code of `L` (and every coroutine of it) fail with "plan interrupted: <why>"
+/// Makes the running code of coroutine `L` fail with "plan <why>"
 /// at its next instruction count check; used for --timeout and Ctrl-C.
 void plasma_interrupt(lua_State *L, const char *why);
 

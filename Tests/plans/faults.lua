@@ -1,0 +1,14 @@
+-- A guest that ignores powerdown is stopped by quit; a panicking one reads crashed.
+local guest = require "guest"
+vm.parallel(function()
+  local deaf = guest.boot("plan-deaf", "plasma.powerdown=ignore")
+  local step = deaf:stop { timeout = 5 }
+  assert(step == "quit", step)
+end, function()
+  local p = vm.create(guest.spec("plan-panic", "plasma.panic=now"))
+  p:start()
+  p:wait_for("crashed", { timeout = 90 })
+  local state, reason = p:status()
+  assert(state == "crashed" and reason == "guest-panicked", tostring(reason))
+end)
+print("faults ok")
