@@ -11,6 +11,7 @@ dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v cpio >/dev/null || need+=(cpio)
 command -v python3 >/dev/null || need+=(python3)
 dpkg -s liblua5.4-dev >/dev/null 2>&1 || need+=(liblua5.4-dev)
+command -v lua5.4 >/dev/null || need+=(lua5.4)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""

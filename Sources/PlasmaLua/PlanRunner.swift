@@ -22,6 +22,8 @@ public struct PlanOptions: Sendable {
     public var keepOnFailure: Bool
     /// Folder of the Lua standard library (stdlib/), if found.
     public var stdlibPath: String?
+    /// More folders for `require`, after the plan's (e.g. the folders of test files).
+    public var searchFolders: [String] = []
 
     public init(source: String, chunkName: String, planDirectory: String, scriptName: String,
                 arguments: [String] = [], timeout: Duration? = nil, keepOnFailure: Bool = false,
@@ -478,7 +480,10 @@ public final class PlanRunner: @unchecked Sendable {
     }
 
     private func setupGlobals() {
-        var path = [options.planDirectory + "/?.lua", options.planDirectory + "/?/init.lua"]
+        var path: [String] = []
+        for dir in [options.planDirectory] + options.searchFolders where !path.contains(dir + "/?.lua") {
+            path += [dir + "/?.lua", dir + "/?/init.lua"]
+        }
         if let stdlib = options.stdlibPath { path += [stdlib + "/?.lua", stdlib + "/?/init.lua"] }
         lua_getglobal(L, "package")
         LuaStack.pushString(L, path.joined(separator: ";"))

@@ -62,7 +62,7 @@ struct Plasmavmc: AsyncParsableCommand {
             3 no such VM, 4 the VM exists or its state forbids the operation, 5 timed out, \
             6 unavailable (QEMU missing, VM busy). `run` has its own (see plasmavmc run --help).
             """,
-        subcommands: [Run.self, Create.self, Start.self, Status.self, Stop.self, Kill.self, Pause.self,
+        subcommands: [Run.self, TestCommand.self, Create.self, Start.self, Status.self, Stop.self, Kill.self, Pause.self,
                       Resume.self, Delete.self, List.self, Logs.self])
 }
 

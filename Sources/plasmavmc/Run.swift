@@ -20,6 +20,10 @@ struct Run: AsyncParsableCommand {
     @Flag(help: "When the plan fails, keep its VMs (ephemeral ones too) and say how to reach them.")
     var keepOnFailure = false
     @Argument(parsing: .captureForPassthrough, help: "The plan file and its arguments.") var plan: [String] = []
+    /// Folders `require` also searches (set by `plasmavmc test`).
+    var searchFolders: [String] = []
+
+    enum CodingKeys: String, CodingKey { case global, e, timeout, keepOnFailure, plan }
 
     func run() async throws {
         var limit: Duration?
@@ -49,7 +53,9 @@ struct Run: AsyncParsableCommand {
                                   planDirectory: dir, scriptName: file, arguments: Array(plan.dropFirst()),
                                   timeout: limit, keepOnFailure: keepOnFailure, stdlibPath: Stdlib.path)
         }
-        let runner = PlanRunner(manager: global.manager, options: options)
+        var opts = options
+        opts.searchFolders = searchFolders
+        let runner = PlanRunner(manager: global.manager, options: opts)
         let signals = SignalForwarder { runner.interrupt("interrupted (\($0))") }
         let outcome = await runner.run()
         withExtendedLifetime(signals) {}
@@ -114,5 +120,51 @@ enum Stdlib {
         }
         let system = "/usr/share/plasmavmc/stdlib"
         return fm.fileExists(atPath: system) ? system : nil
+    }
+}
+
+struct TestCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "test",
+        abstract: "Run Lua test files (plasma.test); a folder stands for its *_test.lua files.",
+        discussion: """
+            Prints TAP with a closing "N passed, N failed" line; exits 1 when a case failed, \
+            2 when a path does not exist. VMs created in a case are removed when it ends; the \
+            console logs of a failed case's VMs are saved under plasmavmc-test-artifacts/.
+            """)
+
+    @OptionGroup var global: GlobalOptions
+    @Option(help: "Also write JUnit XML to this file.") var junit: String?
+    @Option(help: "Run only cases whose name matches this Lua pattern.") var filter: String?
+    @Option(parsing: .unconditional, help: "Seconds the whole run may take.") var timeout: String?
+    @Argument(help: "Test files or folders.") var paths: [String]
+
+    func run() async throws {
+        var files: [String] = []
+        let fm = FileManager.default
+        for path in paths {
+            var isDir: ObjCBool = false
+            guard fm.fileExists(atPath: path, isDirectory: &isDir) else {
+                throw PlasmaError(.invalidArgument, "test path \(path) does not exist")
+            }
+            if !isDir.boolValue {
+                files.append(path)
+                continue
+            }
+            let found = (fm.enumerator(atPath: path)?.compactMap { $0 as? String } ?? [])
+                .filter { $0.hasSuffix("_test.lua") }.sorted()
+            if found.isEmpty { throw PlasmaError(.invalidArgument, "no *_test.lua files under \(path)") }
+            files += found.map { (path as NSString).appendingPathComponent($0) }
+        }
+        guard let stdlib = Stdlib.path else {
+            throw PlasmaError(.unavailable, "cannot find the Lua stdlib (stdlib/plasma); set PLASMAVMC_STDLIB")
+        }
+        if let junit { setenv("PLASMAVMC_JUNIT", absolutePath(junit), 1) }
+        if let filter { setenv("PLASMAVMC_TEST_FILTER", filter, 1) }
+        var run = try Run.parse([stdlib + "/plasma/testmain.lua"] + files)
+        run.global = global
+        run.timeout = timeout
+        run.searchFolders = files.map { (absolutePath($0) as NSString).deletingLastPathComponent }
+        try await run.run()
     }
 }

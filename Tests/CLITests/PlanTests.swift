@@ -1,4 +1,5 @@
 import Foundation
+import FoundationXML
 import PlasmaTestSupport
 import Testing
 
@@ -91,6 +92,40 @@ struct PlanTests {
             #expect(try await cli.run(["run", "-e", "return 7"]).status == 7)
             let r = try await cli.run(["run", "-e", "print(select('#', ...), arg[0], ...)", "a", "b"])
             #expect(r.stdout == "2\t-e\ta\tb\n")
+        }
+    }
+
+    @Test func testVerbRunsAFolderOfTestFiles() async throws {
+        try await base.withCLI(env: env) { (cli: CLIRunner, _: TestRuntime) async throws in
+            let r = try await cli.run(["test", "Tests/plans"])
+            #expect(r.status == 0, "\(r.stdout)\(r.stderr)")
+            #expect(r.stdout.hasPrefix("TAP version 14\n"))
+            #expect(r.stdout.contains("ok 1 - guest_test.lua: boots and runs a command"))
+            #expect(r.stdout.hasSuffix("1..3\n3 passed, 0 failed\n"), "\(r.stdout)")
+        }
+    }
+
+    @Test func failedCaseSavesTheConsoleLogRemovesItsVMAndExits1() async throws {
+        let artifacts = try TempDir(prefix: "art")
+        defer { artifacts.remove() }
+        var env = self.env
+        env["PLASMAVMC_TEST_ARTIFACTS"] = artifacts.path
+        try await base.withCLI(env: env) { (cli: CLIRunner, runtime: TestRuntime) async throws in
+            let junit = artifacts.path + "/junit.xml"
+            let r = try await cli.run(["test", "--junit", junit, "Tests/plans/failing_case.lua"])
+            #expect(r.status == 1)
+            #expect(r.stdout.contains("not ok 1 - failing_case.lua: fails with a vm"), "\(r.stdout)")
+            #expect(r.stdout.contains("# expected: \"stopped\""))
+            #expect(r.stdout.contains("# got: \"running\""))
+            #expect(r.stdout.hasSuffix("1 passed, 1 failed\n"))
+            #expect(runtime.vmFolders.isEmpty, "the failed case's VM is removed")
+            let saved = try FileManager.default.contentsOfDirectory(atPath: artifacts.path).filter { $0.hasSuffix(".console.log") }
+            #expect(saved.count == 1)
+            let log = saved.first.flatMap { FileManager.default.contents(atPath: artifacts.path + "/" + $0) } ?? Data()
+            #expect(String(decoding: log, as: UTF8.self).contains(TestGuest.readyLine))
+            let xml = try XMLDocument(contentsOf: URL(fileURLWithPath: junit))
+            #expect(try xml.nodes(forXPath: "//testcase").count == 2)
+            #expect(try xml.nodes(forXPath: "//failure").count == 1)
         }
     }
 }
