@@ -207,9 +207,7 @@ private final class Core: Sendable {
             return st.nextID
         }
         let deadline = ContinuousClock.now + timeout
-        var message = "{\"execute\":" + JSONValue.quote(command)
-        if let arguments { message += ",\"arguments\":" + arguments.description }
-        message += ",\"id\":\(id)}\n"
+        let message = QMPWire.encode(command, arguments: arguments, id: id)
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<JSONValue, any Error>) in
                 var wake = false
@@ -285,21 +283,7 @@ private final class Core: Sendable {
             }
             if n == 0 { break }
             buffer.append(contentsOf: chunk[0..<n])
-            var lineStart = 0
-            while let nl = buffer[scanned...].firstIndex(of: 10) {
-                var end = nl
-                if end > lineStart, buffer[end - 1] == 13 { end -= 1 }
-                if end > lineStart {
-                    handle(line: buffer[lineStart..<end], decoder: decoder)
-                }
-                lineStart = nl + 1
-                scanned = lineStart
-            }
-            if lineStart > 0 {
-                buffer.removeFirst(lineStart)
-                scanned = 0
-            }
-            scanned = buffer.count
+            QMPWire.takeLines(&buffer, scanned: &scanned) { handle(line: $0, decoder: decoder) }
         }
         finish(reason: endReason)
     }
@@ -316,56 +300,30 @@ private final class Core: Sendable {
     }
 
     private func handle(line: ArraySlice<UInt8>, decoder: JSONDecoder) {
-        guard let msg = try? decoder.decode(JSONValue.self, from: Data(line)), case .object(let obj) = msg else {
-            return  // QMP never sends non-JSON; a garbled line is dropped rather than fatal.
-        }
-        if let event = obj["event"]?.stringValue {
-            var ts = 0.0
-            if let t = obj["timestamp"], let s = t["seconds"]?.int64Value, let us = t["microseconds"]?.int64Value {
-                ts = Double(s) + Double(us) / 1e6
-            }
-            let e = QMPEvent(name: event, data: obj["data"] ?? .object([:]), timestamp: ts)
+        // QMP never sends non-JSON; a garbled line is dropped rather than fatal.
+        switch QMPWire.decode(line, decoder) {
+        case nil:
+            return
+        case .event(let e)?:
             let listeners = state.withLock { Array($0.listeners.values) }
             for l in listeners { l.yield(e) }
-            return
-        }
-        if obj["QMP"] != nil {
+        case .greeting(let g)?:
             let waiter = state.withLock { st -> CheckedContinuation<JSONValue, any Error>? in
-                if st.greeting == nil { st.greeting = msg }
+                if st.greeting == nil { st.greeting = g }
                 defer { st.greetingWaiter = nil }
                 return st.greetingWaiter
             }
-            waiter?.resume(returning: msg)
-            return
-        }
-        let result: Result<JSONValue, any Error>
-        let errorObj = obj["error"]
-        if let ret = obj["return"] {
-            result = .success(ret)
-        } else if let errorObj {
-            result = .failure(QMPError.execute(command: "", errorClass: errorObj["class"]?.stringValue ?? "GenericError",
-                                               description: errorObj["desc"]?.stringValue ?? errorObj.description))
-        } else {
-            return
-        }
-        let pending = state.withLock { st -> Pending? in
-            if let id = obj["id"]?.int64Value, id >= 0 {
-                return st.pending.removeValue(forKey: UInt64(id))
+            waiter?.resume(returning: g)
+        case .reply(let id, let result)?:
+            let pending = state.withLock { st -> Pending? in
+                if let id, id >= 0 { return st.pending.removeValue(forKey: UInt64(id)) }
+                // QMP answers in-band commands in order, so an error without an id (QEMU could
+                // not parse a request) belongs to the oldest command still waiting.
+                guard case .failure = result, let oldest = st.pending.keys.min() else { return nil }
+                return st.pending.removeValue(forKey: oldest)
             }
-            // QMP answers in-band commands in order, so an error without an id (QEMU could
-            // not parse a request) belongs to the oldest command still waiting.
-            guard errorObj != nil, let oldest = st.pending.keys.min() else { return nil }
-            return st.pending.removeValue(forKey: oldest)
-        }
-        guard let pending else { return }
-        switch result {
-        case .success(let v): pending.continuation.resume(returning: v)
-        case .failure(let e):
-            if case QMPError.execute(_, let cls, let desc) = e {
-                pending.continuation.resume(throwing: QMPError.execute(command: pending.command, errorClass: cls, description: desc))
-            } else {
-                pending.continuation.resume(throwing: e)
-            }
+            guard let pending else { return }
+            pending.continuation.resume(with: result.mapError { $0.naming(pending.command) })
         }
     }
 
