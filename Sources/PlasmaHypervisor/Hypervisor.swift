@@ -73,7 +73,23 @@ public protocol Hypervisor: Sendable {
     func sendConsole(_ name: VMName, _ text: String) async throws
     /// Runs a raw monitor (QMP) command; arguments and reply are JSON text.
     func monitorCommand(_ name: VMName, _ command: String, argumentsJSON: String?) async throws -> String
+    /// A status probe for `name`, or nil when the backend has none or the VM is not up.
+    func statusProbe(_ name: VMName) -> (any VMStatusProbe)?
     /// Runs `body` while holding the VM's lock, shared with every other process.
     func withExclusiveAccess<T: Sendable>(to name: VMName, timeout: Duration,
                                           _ body: @Sendable () async throws -> T) async throws -> T
+}
+
+/// A cheap, blocking source of one VM's status, for a caller on a thread of its own that asks
+/// often (a plan's scheduler). It answers only while the QEMU it was made for lives.
+public protocol VMStatusProbe: AnyObject {
+    /// The VM's status now, or nil when the probe no longer applies (the process is gone or
+    /// the monitor broke): then ask `Hypervisor.status`, which derives the full answer.
+    func status() -> VMStatus?
+    func close()
+}
+
+extension Hypervisor {
+    /// A status probe for `name`, or nil when the backend has none or the VM is not up.
+    public func statusProbe(_ name: VMName) -> (any VMStatusProbe)? { nil }
 }

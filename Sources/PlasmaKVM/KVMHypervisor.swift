@@ -283,6 +283,35 @@ public struct KVMHypervisor: Hypervisor {
         return try await qmp(name, client, command, args).description
     }
 
+    public func statusProbe(_ name: VMName) -> (any VMStatusProbe)? {
+        guard let paths = try? existing(name),
+              let launch = RecordFile.read(LaunchRecord.self, from: paths.launch), launch.process.isAlive,
+              let conn = try? QMPConnection(path: paths.qmpHoldSocket, timeout: .milliseconds(200)) else { return nil }
+        return StatusProbe(launch: launch, connection: conn)
+    }
+
+    /// Holds the VM's second monitor and asks it `query-status`.
+    final class StatusProbe: VMStatusProbe {
+        let launch: LaunchRecord
+        let connection: QMPConnection
+
+        init(launch: LaunchRecord, connection: QMPConnection) {
+            self.launch = launch
+            self.connection = connection
+        }
+
+        func status() -> VMStatus? {
+            guard !connection.isClosed, launch.process.isAlive,
+                  let reply = try? connection.execute("query-status", timeout: .seconds(2)) else {
+                connection.close()
+                return nil
+            }
+            return KVMHypervisor.map(runState: reply["status"]?.stringValue ?? "", launch: launch)
+        }
+
+        func close() { connection.close() }
+    }
+
     public func withExclusiveAccess<T: Sendable>(to name: VMName, timeout: Duration,
                                                  _ body: @Sendable () async throws -> T) async throws -> T {
         let paths = try existing(name)

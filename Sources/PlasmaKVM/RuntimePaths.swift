@@ -12,6 +12,9 @@ public struct RuntimePaths: Sendable, Hashable {
     /// Written by QEMU; QEMU removes it on a clean exit and leaves it on SIGKILL or abort.
     public var pidFile: String { directory + "/qemu.pid" }
     public var qmpSocket: String { directory + "/qmp.sock" }
+    /// A second monitor for one long-lived client (a plan's status probe), so that client
+    /// never keeps short-lived ones off `qmp.sock`.
+    public var qmpHoldSocket: String { directory + "/qmp2.sock" }
     public var consoleSocket: String { directory + "/console.sock" }
     public var consoleLog: String { directory + "/console.log" }
     /// QEMU's stderr.

@@ -91,6 +91,9 @@ public final class LuaSession: @unchecked Sendable {
     private var nextCoroutine = 1
     private var hostFunctions: [HostFunction] = []
     private var deferredDeletes: [String] = []
+    /// Status probes by VM name, and when a VM last had none (to retry only now and then).
+    private var probes: [String: any VMStatusProbe] = [:]
+    private var noProbeSince: [String: ContinuousClock.Instant] = [:]
     private var mainResult: Ending?
 
     struct Coroutine {
@@ -181,6 +184,8 @@ public final class LuaSession: @unchecked Sendable {
     /// `keep`), closes the state. Returns every VM the session created.
     @discardableResult
     public func close(keep: Bool = false) -> [String] {
+        for p in probes.values { p.close() }
+        probes = [:]
         if !keep { removeDoomedVMs() }
         lua_close(L)
         L = nil
@@ -467,11 +472,35 @@ public final class LuaSession: @unchecked Sendable {
             lua_pushnumber(L, Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9)
             return .results(1)
         }
+        // v:status() without a yield: the VM's held monitor answers on this thread. Returns
+        // nothing when no probe applies; the prelude then asks through the scheduler.
+        register("status_fast") { [unowned self] L in
+            guard let name = LuaStack.string(L, 1), let s = self.fastStatus(name) else { return .results(0) }
+            LuaStack.pushString(L, s.state.rawValue)
+            if let r = s.reason { LuaStack.pushString(L, r) } else { lua_pushnil(L) }
+            return .results(2)
+        }
         register("defer_delete") { [unowned self] L in
             if let name = LuaStack.string(L, 1) { self.deferredDeletes.append(name) }
             return .results(0)
         }
         lua_setglobal(L, "__plasma")
+    }
+
+    private func fastStatus(_ name: String) -> VMStatus? {
+        if let probe = probes[name] {
+            if let s = probe.status() { return s }
+            probe.close()
+            probes[name] = nil
+        }
+        if let since = noProbeSince[name], ContinuousClock.now - since < .seconds(2) { return nil }
+        guard let vm = try? VMName(name), let probe = manager.statusProbe(vm), let s = probe.status() else {
+            noProbeSince[name] = ContinuousClock.now
+            return nil
+        }
+        noProbeSince[name] = nil
+        probes[name] = probe
+        return s
     }
 
     /// Pushes a value; VM objects are built as userdata with the prelude's metatable.

@@ -111,7 +111,12 @@ function vm.create(spec)
 end
 
 function VM.start(v) call("start", target(v, "start")); return v end
-function VM.status(v) return call("status", target(v, "status")) end
+function VM.status(v)
+  local name = target(v, "status")
+  local state, reason = native.status_fast(name)
+  if state then return state, reason end
+  return call("status", name)
+end
 function VM.stop(v, opts)
   opts = options(opts, "stop", { timeout = "number" })
   local step = call("stop", target(v, "stop"), opts.timeout or 30)

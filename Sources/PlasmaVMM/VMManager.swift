@@ -112,6 +112,11 @@ public struct VMManager: Sendable {
         try await guarded { try await hypervisor.monitorCommand(name, command, argumentsJSON: argumentsJSON) }
     }
 
+    /// A cheap blocking status source for one VM (see `VMStatusProbe`), or nil.
+    public func statusProbe(_ name: VMName) -> (any VMStatusProbe)? {
+        hypervisor.statusProbe(name)
+    }
+
     // MARK: internals
 
     private func act<T: Sendable>(_ name: VMName, _ op: VMOperation,

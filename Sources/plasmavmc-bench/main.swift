@@ -35,9 +35,11 @@ func fmt(_ x: Double) -> String { String(format: "%.2f", x) }
 var args = Array(CommandLine.arguments.dropFirst())
 let wantSamples = args.contains("--samples")
 args.removeAll { $0 == "--samples" }
-guard args.count >= 3, args.count <= 4, args[0] == "qmp" else {
-    fail("usage: plasmavmc-bench qmp SOCKET N [WARMUP] [--samples]")
+guard args.count >= 3, args.count <= 4, args[0] == "qmp" || args[0] == "qmp-blocking" else {
+    fail("usage: plasmavmc-bench qmp|qmp-blocking SOCKET N [WARMUP] [--samples]")
 }
+/// qmp: the async QMPClient; qmp-blocking: QMPConnection on this thread.
+let blocking = args[0] == "qmp-blocking"
 guard let n = Int(args[2]), n > 0, n <= 10_000_000 else { fail("N must be an integer in 1...10000000") }
 let warmup = args.count == 4 ? Int(args[3]) ?? -1 : 100
 guard warmup >= 0 else { fail("WARMUP must be an integer >= 0") }
@@ -67,8 +69,27 @@ func measure(path: String, n: Int, warmup: Int) async throws -> Measured {
     return Measured(samples: samples, connect: connectTime)
 }
 
+/// The same loop with the blocking connection, on the main thread.
+func measureBlocking(path: String, n: Int, warmup: Int) throws -> Measured {
+    let clock = ContinuousClock()
+    let t0 = clock.now
+    let conn = try QMPConnection(path: path, timeout: .seconds(5))
+    let connectTime = clock.now - t0
+    defer { conn.close() }
+    for _ in 0..<warmup { _ = try conn.execute("query-status") }
+    var samples: [Double] = []
+    samples.reserveCapacity(n)
+    for _ in 0..<n {
+        let start = clock.now
+        _ = try conn.execute("query-status")
+        samples.append(micros(clock.now - start))
+    }
+    return Measured(samples: samples, connect: connectTime)
+}
+
 do {
-    let r = try await measure(path: args[1], n: n, warmup: warmup)
+    let r = blocking ? try measureBlocking(path: args[1], n: n, warmup: warmup)
+                     : try await measure(path: args[1], n: n, warmup: warmup)
     let sorted = r.samples.sorted()
     let mean = r.samples.reduce(0, +) / Double(n)
     var line = "{\"n\":\(n),\"median_us\":\(fmt(median(sorted))),\"p90_us\":\(fmt(percentile(sorted, 90)))"

@@ -206,8 +206,11 @@ class Bench:
 
         return asyncio.run(asyncio.wait_for(run(), timeout=300))
 
-    def qmp_swift(self, sock_path, n, warmup):
-        r = subprocess.run([self.a.bench, "qmp", sock_path, str(n), str(warmup), "--samples"],
+    def qmp_swift_blocking(self, sock_path, n, warmup):
+        return self.qmp_swift(sock_path, n, warmup, mode="qmp-blocking")
+
+    def qmp_swift(self, sock_path, n, warmup, mode="qmp"):
+        r = subprocess.run([self.a.bench, mode, sock_path, str(n), str(warmup), "--samples"],
                            capture_output=True, text=True, timeout=300)
         if r.returncode != 0:
             raise BenchError(f"plasmavmc-bench exit {r.returncode}: {r.stderr.strip()}")
@@ -219,13 +222,15 @@ class Bench:
         clients = [
             ("python-socket", "Python socket loop (floor)", self.qmp_python_socket),
             ("qemu.qmp", "qemu.qmp library (asyncio)", self.qmp_library),
-            ("swift", "Swift QMPClient (plasmavmc-bench)", self.qmp_swift),
+            ("swift", "Swift QMPClient, async (plasmavmc-bench)", self.qmp_swift),
+            ("swift-blocking", "Swift QMPConnection, blocking (plasmavmc-bench)", self.qmp_swift_blocking),
         ]
         n, warmup, rounds = self.a.n, self.a.warmup, self.a.rounds
         pooled = {key: [] for key, _, _ in clients}
         round_medians = {key: [] for key, _, _ in clients}
         for r in range(rounds):
-            order = clients[r % 3:] + clients[:r % 3]   # rotate so nobody always goes first
+            k = r % len(clients)
+            order = clients[k:] + clients[:k]   # rotate so nobody always goes first
             for key, _, fn in order:
                 log(f"qmp round {r + 1}/{rounds}: {key}, n={n}")
                 samples = fn(sock_path, n, warmup)
@@ -452,8 +457,11 @@ class Bench:
         q, st, lc = self.results["qmp"], self.results["status"], self.results["lifecycle"]
         t = self.results["targets"]
         sw, fl, lib = q["swift"]["median"], q["python-socket"]["median"], q["qemu.qmp"]["median"]
-        t.append({"target": f"QMP round trip: Swift <= {TARGET_QMP_RATIO}x Python socket floor",
+        sb = q["swift-blocking"]["median"]
+        t.append({"target": f"QMP round trip: Swift async client <= {TARGET_QMP_RATIO}x Python socket floor",
                   "measured": f"{sw / fl:.2f}x ({sw:.0f} vs {fl:.0f} us)", "pass": sw <= TARGET_QMP_RATIO * fl})
+        t.append({"target": f"QMP round trip: Swift blocking connection <= {TARGET_QMP_RATIO}x Python socket floor",
+                  "measured": f"{sb / fl:.2f}x ({sb:.0f} vs {fl:.0f} us)", "pass": sb <= TARGET_QMP_RATIO * fl})
         t.append({"target": "QMP round trip: Swift faster than qemu.qmp",
                   "measured": f"{sw:.0f} vs {lib:.0f} us ({sw / lib:.2f}x)", "pass": sw < lib})
         s = st["status"]["median"]
@@ -475,7 +483,7 @@ class Bench:
         L.append("")
         L.append("| client | median us | p90 us | mean us | min us | round medians us | median vs floor |")
         L.append("|---|---:|---:|---:|---:|---|---:|")
-        for key in ("python-socket", "qemu.qmp", "swift"):
+        for key in ("python-socket", "qemu.qmp", "swift", "swift-blocking"):
             s = q[key]
             rm = " / ".join(f"{x:.0f}" for x in s["round_medians"])
             L.append(f"| {s['label']} | {s['median']:.1f} | {s['p90']:.1f} | {s['mean']:.1f} | {s['min']:.1f} "
