@@ -29,14 +29,17 @@ let package = Package(
         // Debian's liblua5.4, and the C shim that keeps Lua's longjmp out of Swift frames.
         .systemLibrary(name: "CLua", pkgConfig: "lua5.4", providers: [.apt(["liblua5.4-dev"])]),
         .target(name: "CLuaShim", dependencies: ["CLua"]),
+        // libedit (BSD) for the REPL's line editing, and the C glue its globals need.
+        .systemLibrary(name: "CEdit", pkgConfig: "libedit", providers: [.apt(["libedit-dev"])]),
+        .target(name: "CPlasmaEdit", dependencies: ["CEdit"]),
         // Lua plans: state, scheduler, the `vm` API.
-        .target(name: "PlasmaLua", dependencies: ["PlasmaVMM", "CLua", "CLuaShim"], swiftSettings: strict),
+        .target(name: "PlasmaLua", dependencies: ["PlasmaVMM", "CLua", "CLuaShim", "CPlasmaEdit"], swiftSettings: strict),
         // The one internal API every front end uses.
         .target(name: "PlasmaVMM", dependencies: ["PlasmaHypervisor"], swiftSettings: strict),
         .executableTarget(
             name: "plasmavmc",
             dependencies: [
-                "PlasmaVMM", "PlasmaKVM", "PlasmaLua",
+                "PlasmaVMM", "PlasmaKVM", "PlasmaLua", "CPlasmaEdit", "CPlasmaSys",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),

@@ -12,6 +12,8 @@ command -v cpio >/dev/null || need+=(cpio)
 command -v python3 >/dev/null || need+=(python3)
 dpkg -s liblua5.4-dev >/dev/null 2>&1 || need+=(liblua5.4-dev)
 command -v lua5.4 >/dev/null || need+=(lua5.4)
+dpkg -s libedit-dev >/dev/null 2>&1 || need+=(libedit-dev)
+command -v tmux >/dev/null || need+=(tmux)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""

@@ -145,6 +145,11 @@ public final class LuaSession: @unchecked Sendable {
         return nil
     }
 
+    /// Runs a library chunk (no yields) at once; returns an error message on failure.
+    public func load(library source: String, name: String) -> String? {
+        loadChunk(source, name, run: true)
+    }
+
     /// Compiles `source`; on success the function is left on the stack, else the message is
     /// returned (and the stack is as before).
     public func compile(_ source: String, chunkName: String) -> String? {

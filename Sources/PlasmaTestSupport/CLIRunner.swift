@@ -56,13 +56,14 @@ public struct CLIRunner: Sendable {
         }
     }
 
-    /// Runs `plasmavmc ARGS` with PLASMAVMC_RUNTIME_DIR set to this runner's root.
-    public func run(_ args: [String]) async throws -> Result {
-        try await start(args).wait()
+    /// Runs `plasmavmc ARGS` with PLASMAVMC_RUNTIME_DIR set to this runner's root, `stdin`
+    /// as its input; `closeStdout` gives it a pipe nobody reads (a broken pipe).
+    public func run(_ args: [String], stdin: String? = nil, closeStdout: Bool = false) async throws -> Result {
+        try await start(args, stdin: stdin, closeStdout: closeStdout).wait()
     }
 
     /// Starts `plasmavmc ARGS` (in the repository root) without waiting for it.
-    public func start(_ args: [String]) throws -> Running {
+    public func start(_ args: [String], stdin: String? = nil, closeStdout: Bool = false) throws -> Running {
         let tmp = try TempDir(prefix: "cli")
         let outPath = tmp.path + "/out", errPath = tmp.path + "/err"
         _ = FileManager.default.createFile(atPath: outPath, contents: nil)
@@ -75,8 +76,20 @@ public struct CLIRunner: Sendable {
         env["PLASMAVMC_RUNTIME_DIR"] = runtimeDir
         for (k, v) in environment { env[k] = v }
         p.environment = env
-        p.standardInput = FileHandle.nullDevice
-        p.standardOutput = FileHandle(forWritingAtPath: outPath)
+        if let stdin {
+            let inPath = tmp.path + "/in"
+            _ = FileManager.default.createFile(atPath: inPath, contents: Data(stdin.utf8))
+            p.standardInput = FileHandle(forReadingAtPath: inPath)
+        } else {
+            p.standardInput = FileHandle.nullDevice
+        }
+        if closeStdout {
+            let pipe = Pipe()
+            p.standardOutput = pipe
+            try? pipe.fileHandleForReading.close()
+        } else {
+            p.standardOutput = FileHandle(forWritingAtPath: outPath)
+        }
         p.standardError = FileHandle(forWritingAtPath: errPath)
         do {
             try p.run()

@@ -42,6 +42,9 @@ struct Main {
             if let cause = error.cause, !cause.isEmpty { text += "  \(cause)\n" }
             FileHandle.standardError.write(Data(text.utf8))
             exit(ExitCode32.of(error).rawValue)
+        } catch let error as ExitCode {
+            fflush(nil)
+            exit(error.rawValue)
         } catch {
             fflush(nil)
             let code = Plasmavmc.exitCode(for: error)
@@ -62,7 +65,7 @@ struct Plasmavmc: AsyncParsableCommand {
             3 no such VM, 4 the VM exists or its state forbids the operation, 5 timed out, \
             6 unavailable (QEMU missing, VM busy). `run` has its own (see plasmavmc run --help).
             """,
-        subcommands: [Run.self, TestCommand.self, Create.self, Start.self, Status.self, Stop.self, Kill.self, Pause.self,
+        subcommands: [Run.self, TestCommand.self, ReplCommand.self, Console.self, Create.self, Start.self, Status.self, Stop.self, Kill.self, Pause.self,
                       Resume.self, Delete.self, List.self, Logs.self])
 }
 
