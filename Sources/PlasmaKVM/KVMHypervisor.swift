@@ -197,14 +197,25 @@ public struct KVMHypervisor: Hypervisor {
 
     public func delete(_ name: VMName) async throws {
         let paths = try existing(name)
-        if let launch = RecordFile.read(LaunchRecord.self, from: paths.launch), launch.process.isAlive {
-            throw PlasmaError(.invalidState, "cannot delete vm '\(name)': its QEMU (pid \(launch.process.pid)) is still running; stop it first, or delete with force")
+        if let launch = RecordFile.read(LaunchRecord.self, from: paths.launch) {
+            if launch.process.isAlive {
+                throw PlasmaError(.invalidState, "cannot delete vm '\(name)': its QEMU (pid \(launch.process.pid)) is still running; stop it first, or delete with force")
+            }
+            // If this process spawned it, let the reaper record its exit first: it writes
+            // into the folder we are about to remove.
+            _ = await launch.process.waitForExit(timeout: .seconds(2))
         }
-        do {
-            try FileManager.default.removeItem(atPath: paths.directory)
-        } catch {
-            throw PlasmaError(.internal, "vm '\(name)': cannot remove \(paths.directory)", cause: "\(error)")
+        var lastError: (any Error)?
+        for _ in 0..<5 {
+            do {
+                try FileManager.default.removeItem(atPath: paths.directory)
+                return
+            } catch {
+                lastError = error
+                try? await Task.sleep(for: .milliseconds(20))
+            }
         }
+        throw PlasmaError(.internal, "vm '\(name)': cannot remove \(paths.directory)", cause: "\(lastError!)")
     }
 
     public func list() async throws -> [VMName] {

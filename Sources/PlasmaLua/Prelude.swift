@@ -204,18 +204,26 @@ local function unique_tag()
 end
 
 -- The serial shell drops input that arrives while it (re)opens the port, so exec first
--- makes sure a shell answers: a marker echoed back on a line of its own.
+-- makes sure a shell answers: a marker echoed back on a line of its own. The same line turns
+-- terminal echo and the prompt off, so neither the line editor's echo and redraws nor prompts
+-- mix with the command's output; exec restores both afterwards.
 local function await_shell(v, name, deadline)
   while true do
     local tag = "__PLASMA_R_" .. unique_tag() .. "__"
     local _, offset = call("console_read", name, 0)
     -- The leading newline runs (harmlessly) whatever fragment a lost write left behind.
-    call("send_console", name, "\necho " .. tag .. "\n")
+    call("send_console", name, "\nstty -echo; __plasma_ps1=$PS1; PS1=''; echo " .. tag .. "\n")
     local remaining = deadline - native.now()
     if remaining <= 0 then return false end
     local ok = pcall(VM.wait_for_console, v, "^" .. tag .. "$", { timeout = math.min(2, remaining), since = offset })
     if ok then return true end
   end
+end
+
+-- What precedes `mark` at the end of `line`, or nil when the line does not end with it.
+local function before_mark(line, mark)
+  if #line >= #mark and line:sub(-#mark) == mark then return line:sub(1, #line - #mark) end
+  return nil
 end
 
 function VM.exec(v, cmd, opts)
@@ -232,20 +240,28 @@ function VM.exec(v, cmd, opts)
   local start_mark, end_mark = "__PLASMA_S_" .. tag .. "__", "__PLASMA_E_" .. tag .. "__"
   local _, offset = call("console_read", name, 0)
   call("send_console", name, ("echo %s; %s\necho %s=$?\n"):format(start_mark, cmd, end_mark))
-  local line = VM.wait_for_console(v, "^" .. end_mark .. "=%d+$",
+  local line = VM.wait_for_console(v, end_mark .. "=%d+$",
     { timeout = math.max(0.1, deadline - native.now()), since = offset })
   local code = tonumber(line:match("=(%d+)$"))
   local text = call("console_read", name, offset)
-  local out, inside = {}, false
+  -- With echo and prompt off the console shows: START\n output… [partial line]END=rc\n.
+  local out, started = {}, false
   for _, l in ipairs(lines_of(text)) do
-    if inside then
-      if l:find("^" .. end_mark .. "=%d+$") then break end
-      if not l:find(end_mark, 1, true) then out[#out + 1] = l end
-    elseif l == start_mark then
-      inside = true
+    if not started then
+      started = before_mark(l, start_mark) ~= nil
+    else
+      local last = l:match("^(.-)" .. end_mark .. "=%d+$")
+      if last then
+        if last ~= "" then out[#out + 1] = last; out.partial = true end
+        break
+      end
+      out[#out + 1] = l
     end
   end
-  return code, table.concat(out, "\n") .. (#out > 0 and "\n" or "")
+  call("send_console", name, "PS1=$__plasma_ps1; stty echo\n")
+  local result = table.concat(out, "\n")
+  if #out > 0 and not out.partial then result = result .. "\n" end
+  return code, result
 end
 
 MT.__index = function(v, k)

@@ -1,3 +1,4 @@
+import CPlasmaSys
 import Foundation
 
 /// A program running in a real pseudo-terminal (a private tmux server), for testing line
@@ -13,19 +14,25 @@ public final class TmuxSession: Sendable {
         try tmux(["new-session", "-d", "-s", name, "-x", "120", "-y", "40", "env \(env) \(command)"])
     }
 
+    /// Runs the tmux client with posix_spawn (Foundation's Process would wait for the tmux
+    /// server, which inherits its descriptors) and returns what it printed.
     @discardableResult
     func tmux(_ args: [String]) throws -> String {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/tmux")
-        p.arguments = ["-L", socket] + args
-        p.currentDirectoryURL = URL(fileURLWithPath: TestGuest.repoRoot)
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return String(decoding: data, as: UTF8.self)
+        let tmp = try TempDir(prefix: "tmx")
+        defer { tmp.remove() }
+        let outPath = tmp.path + "/out"
+        let fd = open(outPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw SupportError("cannot open \(outPath)") }
+        let argv = ["/usr/bin/tmux", "-L", socket] + args
+        let cArgs = argv.map { strdup($0) } + [nil]
+        defer { cArgs.forEach { free($0) } }
+        var pid: pid_t = 0
+        let rc = cArgs.withUnsafeBufferPointer { plasma_spawn(argv[0], $0.baseAddress, -1, fd, -1, 0, &pid) }
+        close(fd)
+        guard rc == 0 else { throw SupportError("cannot run tmux: \(rc)") }
+        var exited: Int32 = 0, code: Int32 = 0
+        _ = plasma_waitpid(pid, 0, &exited, &code)
+        return String(decoding: FileManager.default.contents(atPath: outPath) ?? Data(), as: UTF8.self)
     }
 
     /// tmux key names ("Tab", "C-c", "Enter", "Left") or literal text.
