@@ -4,61 +4,6 @@ import Foundation
 import PlasmaVMM
 import Synchronization
 
-/// How to run one plan.
-public struct PlanOptions: Sendable {
-    /// Lua source of the plan.
-    public var source: String
-    /// Chunk name for messages: "@path/plan.lua" for a file, "=(command line)" for -e.
-    public var chunkName: String
-    /// Folder searched first by `require` (the plan's folder).
-    public var planDirectory: String
-    /// `arg[0]`.
-    public var scriptName: String
-    /// `arg[1…]`, also passed as `...` to the plan.
-    public var arguments: [String]
-    /// Bound on the whole plan.
-    public var timeout: Duration?
-    /// Leave the VMs of a failed plan (ephemeral ones included) for inspection.
-    public var keepOnFailure: Bool
-    /// Folder of the Lua standard library (stdlib/), if found.
-    public var stdlibPath: String?
-    /// More folders for `require`, after the plan's (e.g. the folders of test files).
-    public var searchFolders: [String] = []
-
-    public init(source: String, chunkName: String, planDirectory: String, scriptName: String,
-                arguments: [String] = [], timeout: Duration? = nil, keepOnFailure: Bool = false,
-                stdlibPath: String? = nil) {
-        self.source = source
-        self.chunkName = chunkName
-        self.planDirectory = planDirectory
-        self.scriptName = scriptName
-        self.arguments = arguments
-        self.timeout = timeout
-        self.keepOnFailure = keepOnFailure
-        self.stdlibPath = stdlibPath
-    }
-}
-
-/// How a plan ended.
-public struct PlanOutcome: Sendable {
-    public enum Kind: Sendable, Equatable {
-        case success
-        /// The plan returned false (e.g. a test run with failures).
-        case returnedFalse
-        /// The plan returned an integer exit status.
-        case exitStatus(Int32)
-        case syntaxError
-        case runtimeError
-        case timedOut
-        case interrupted
-    }
-    public var kind: Kind
-    /// The error and its traceback, for stderr.
-    public var message: String?
-    /// VMs left for inspection after a failure (--keep-on-failure).
-    public var keptVMs: [String]
-}
-
 /// A Lua state with the `vm` API and its scheduler. One thread alone (the caller of `open`,
 /// `compile`, `run` and `close`) touches the lua_State. Operations that take time run as Swift
 /// tasks; the chunk's coroutine yields meanwhile and the scheduler resumes it with the result
@@ -104,7 +49,8 @@ public final class LuaSession: @unchecked Sendable {
     }
 
     struct Group {
-        var results: [LuaValue]
+        /// Registry references of the branches' results (LUA_REFNIL for nil).
+        var results: [Int32]
         var members: [Int]
         var remaining: Int
     }
@@ -112,6 +58,8 @@ public final class LuaSession: @unchecked Sendable {
     /// How a coroutine ended.
     enum Ending {
         case success([LuaValue])
+        /// A parallel branch's first result, as a registry reference.
+        case branch(Int32)
         /// The error message, and the same with the coroutine's traceback.
         case failure(String, traceback: String)
     }
@@ -119,6 +67,8 @@ public final class LuaSession: @unchecked Sendable {
     enum Resume {
         case start(nargs: Int32)
         case values([LuaValue])
+        /// true, then the values parked in the registry (released as they are pushed).
+        case references([Int32])
         case failure(String)
     }
 
@@ -252,6 +202,14 @@ public final class LuaSession: @unchecked Sendable {
             lua_pushboolean(co, 0)
             LuaStack.pushString(co, msg)
             nargs = 2
+        case .references(let refs):
+            lua_pushboolean(co, 1)
+            for ref in refs {
+                lua_rawgeti(L, plasma_registryindex(), lua_Integer(ref))
+                luaL_unref(L, plasma_registryindex(), ref)
+                lua_xmove(L, co, 1)
+            }
+            nargs = Int32(refs.count + 1)
         }
         inbox.lock()
         running = co
@@ -278,8 +236,18 @@ public final class LuaSession: @unchecked Sendable {
                 end(id, .failure(msg, traceback: msg))
             }
         case LUA_OK:
-            var values: [LuaValue] = []
             let base = lua_gettop(co) - nres
+            if coroutines[id]?.parent != nil {
+                // A branch's first result goes to its parent as the Lua value itself (tables
+                // and VM objects intact), parked in the registry until every branch is done.
+                if nres > 0 { lua_pushvalue(co, base + 1) } else { lua_pushnil(co) }
+                lua_xmove(co, L, 1)
+                let ref = luaL_ref(L, plasma_registryindex())
+                plasma_pop(co, nres)
+                end(id, .branch(ref))
+                return
+            }
+            var values: [LuaValue] = []
             for i in 0..<nres { values.append(LuaStack.value(co, base + 1 + i)) }
             plasma_pop(co, nres)
             end(id, .success(values))
@@ -312,7 +280,7 @@ public final class LuaSession: @unchecked Sendable {
             runnable.append((cid, .start(nargs: 0)))
         }
         plasma_pop(co, 2)
-        groups[parent] = Group(results: Array(repeating: .nil, count: n), members: members, remaining: n)
+        groups[parent] = Group(results: Array(repeating: LUA_REFNIL, count: n), members: members, remaining: n)
     }
 
     private func end(_ id: Int, _ result: Ending) {
@@ -325,17 +293,18 @@ public final class LuaSession: @unchecked Sendable {
         }
         guard var group = groups[parentID] else { return }
         switch result {
-        case .success(let values):
-            group.results[slot] = values.first ?? .nil
+        case .success, .branch:
+            if case .branch(let ref) = result { group.results[slot] = ref }
             group.remaining -= 1
             if group.remaining == 0 {
                 groups[parentID] = nil
-                runnable.append((parentID, .values(group.results)))
+                runnable.append((parentID, .references(group.results)))
             } else {
                 groups[parentID] = group
             }
         case .failure(let message, _):
             groups[parentID] = nil
+            for ref in group.results { luaL_unref(L, plasma_registryindex(), ref) }
             for m in group.members where m != id { cancel(m) }
             runnable.append((parentID, .failure("vm.parallel: branch \(slot + 1) failed: \(message)")))
         }
@@ -386,7 +355,7 @@ public final class LuaSession: @unchecked Sendable {
                 return ChunkOutcome(kind: kind, message: message)
             }
             return ChunkOutcome(kind: .runtimeError, message: message)
-        case nil:
+        case nil, .branch?:
             return ChunkOutcome(kind: .runtimeError, message: "internal: the chunk ended without a result")
         }
     }

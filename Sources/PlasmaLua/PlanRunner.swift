@@ -3,6 +3,61 @@ import CLuaShim
 import Foundation
 import PlasmaVMM
 
+/// How to run one plan.
+public struct PlanOptions: Sendable {
+    /// Lua source of the plan.
+    public var source: String
+    /// Chunk name for messages: "@path/plan.lua" for a file, "=(command line)" for -e.
+    public var chunkName: String
+    /// Folder searched first by `require` (the plan's folder).
+    public var planDirectory: String
+    /// `arg[0]`.
+    public var scriptName: String
+    /// `arg[1…]`, also passed as `...` to the plan.
+    public var arguments: [String]
+    /// Bound on the whole plan.
+    public var timeout: Duration?
+    /// Leave the VMs of a failed plan (ephemeral ones included) for inspection.
+    public var keepOnFailure: Bool
+    /// Folder of the Lua standard library (stdlib/), if found.
+    public var stdlibPath: String?
+    /// More folders for `require`, after the plan's (e.g. the folders of test files).
+    public var searchFolders: [String] = []
+
+    public init(source: String, chunkName: String, planDirectory: String, scriptName: String,
+                arguments: [String] = [], timeout: Duration? = nil, keepOnFailure: Bool = false,
+                stdlibPath: String? = nil) {
+        self.source = source
+        self.chunkName = chunkName
+        self.planDirectory = planDirectory
+        self.scriptName = scriptName
+        self.arguments = arguments
+        self.timeout = timeout
+        self.keepOnFailure = keepOnFailure
+        self.stdlibPath = stdlibPath
+    }
+}
+
+/// How a plan ended.
+public struct PlanOutcome: Sendable {
+    public enum Kind: Sendable, Equatable {
+        case success
+        /// The plan returned false (e.g. a test run with failures).
+        case returnedFalse
+        /// The plan returned an integer exit status.
+        case exitStatus(Int32)
+        case syntaxError
+        case runtimeError
+        case timedOut
+        case interrupted
+    }
+    public var kind: Kind
+    /// The error and its traceback, for stderr.
+    public var message: String?
+    /// VMs left for inspection after a failure (--keep-on-failure).
+    public var keptVMs: [String]
+}
+
 /// Runs one plan in a session of its own, on a thread of its own.
 public final class PlanRunner: Sendable {
     let session: LuaSession
