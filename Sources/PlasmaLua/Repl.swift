@@ -163,7 +163,9 @@ private let completeCallback: plasma_complete_fn = { text, _, ctx in
     for c in candidates.dropFirst() {
         while !c.hasPrefix(prefix) { prefix.removeLast() }
     }
-    let entries = candidates.count == 1 ? [first] : [prefix] + candidates
+    // libedit reads matches[0] (the replacement) and matches[1], matches[2]: a single match is
+    // given as [match, match, NULL] so it is taken as complete.
+    let entries = [candidates.count == 1 ? first : prefix] + candidates
     let array = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>.allocate(capacity: entries.count + 1)
     for (i, e) in entries.enumerated() { array[i] = strdup(e) }
     array[entries.count] = nil
