@@ -102,10 +102,9 @@ enum LuaStack {
                 push(L, e)
                 lua_rawset(L, -3)
             }
-        case .vm(let name):
-            // Built by the prelude's constructor, stored in the registry as plasmavmc.newvm.
+        case .vm:
+            // VM objects need the session's metatable: LuaSession.push builds them.
             lua_pushnil(L)
-            _ = name
         }
     }
 
