@@ -9,11 +9,11 @@ Measures, in one run and on one live VM:
   3. Control-plane time of create -> start -> kill -> delete through the CLI, next to the same
      lifecycle done by hand from Python with QEMU's own argv (QEMU's own time).
 Prints a markdown-style table with the targets marked PASS/FAIL; --json PATH writes the
-results as JSON too. Standard library only, plus qemu.qmp for its part of (1).
+results as JSON too. Standard library only, plus qemu.qmp for its part of (1); shared helpers
+(statistics, cleanup, signals, output) in benchlib.py next to this file.
 """
 import argparse
 import asyncio
-import ctypes
 import json
 import os
 import shutil
@@ -24,86 +24,20 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402  (shared helpers, this folder)
+from benchlib import BenchError, log, reap_orphans  # noqa: E402
+
 # Targets from the issue.
 TARGET_QMP_RATIO = 1.2       # Swift median <= 1.2 x Python socket floor median
 TARGET_STATUS_MS = 30.0      # `plasmavmc status` median wall time
 TARGET_OVERHEAD_MS = 100.0   # median(CLI lifecycle) - median(raw QEMU lifecycle)
 
-READY_LINE = b"PLASMAVMC-GUEST-READY"
 APPEND = "console=ttyS0 quiet"
 
 
-class BenchError(Exception):
-    pass
-
-
-def log(msg):
-    print(f"bench: {msg}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------- statistics
-
-def pct(values, p):
-    """Nearest-rank percentile."""
-    s = sorted(values)
-    if not s:
-        return float("nan")
-    rank = max(1, min(len(s), -(-p * len(s) // 100)))
-    return s[int(rank) - 1]
-
-
 def summary(values):
-    return {
-        "n": len(values),
-        "median": statistics.median(values),
-        "p90": pct(values, 90),
-        "mean": statistics.fmean(values),
-        "min": min(values),
-    }
-
-
-# ---------------------------------------------------------------------------- processes
-
-def become_subreaper():
-    """QEMU is spawned by the CLI in a new session and outlives it; as a subreaper this
-    process inherits it and can reap it (PID 1 in this sandbox does not reap orphans)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_CHILD_SUBREAPER = 36
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except OSError:
-        return False
-
-
-def reap_orphans():
-    """Reaps every exited child. Call only when no subprocess.Popen is outstanding."""
-    reaped = 0
-    for _ in range(10000):
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            break
-        if pid == 0:
-            break
-        reaped += 1
-    return reaped
-
-
-def pid_alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-        return state not in (b"Z", b"X")
-    except (OSError, IndexError):
-        return False
-
-
-def cmdline_mentions(pid, text):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return text.encode() in f.read()
-    except OSError:
-        return False
+    return benchlib.summary(values, with_max=False)
 
 
 # ---------------------------------------------------------------------------- the bench
@@ -120,9 +54,9 @@ class Bench:
     # ---- CLI
 
     def cli(self, *argv, check=True, timeout=60):
+        """(wall ms, CompletedProcess) of `plasmavmc ARGV…`."""
         t0 = time.perf_counter_ns()
-        r = subprocess.run([self.a.plasmavmc, *argv], env=self.env, capture_output=True,
-                           text=True, timeout=timeout)
+        r = benchlib.cli(self.a.plasmavmc, self.env, *argv, check=False, timeout=timeout)
         dt = (time.perf_counter_ns() - t0) / 1e6
         if check and r.returncode != 0:
             raise BenchError(f"plasmavmc {' '.join(argv)} -> exit {r.returncode}: {r.stderr.strip()}")
@@ -138,52 +72,11 @@ class Bench:
         self.cli_vms.discard(name)
         return dt
 
-    def wait_ready(self, name, timeout=120.0):
-        path = os.path.join(self.root, name, "console.log")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with open(path, "rb") as f:
-                    if READY_LINE in f.read():
-                        return
-            except FileNotFoundError:
-                pass
-            time.sleep(0.05)
-        raise BenchError(f"vm {name}: no {READY_LINE.decode()} in {path} within {timeout:.0f} s")
-
     # ---- 1. QMP round trips
 
     def qmp_python_socket(self, sock_path, n, warmup):
         """The floor: blocking socket, one line out, read lines until the reply, json.loads."""
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(10)
-        try:
-            s.connect(sock_path)
-            f = s.makefile("rb")
-            greeting = json.loads(f.readline())
-            if "QMP" not in greeting:
-                raise BenchError(f"unexpected greeting {greeting!r}")
-            s.sendall(b'{"execute":"qmp_capabilities"}\n')
-            while "return" not in json.loads(f.readline()):
-                pass
-            samples = []
-            now = time.perf_counter_ns
-            for i in range(warmup + n):
-                t0 = now()
-                s.sendall(b'{"execute":"query-status","id":%d}\n' % i)
-                while True:
-                    msg = json.loads(f.readline())
-                    if "return" in msg or "error" in msg:
-                        break
-                t1 = now()
-                if "return" not in msg:
-                    raise BenchError(f"query-status failed: {msg!r}")
-                if i >= warmup:
-                    samples.append((t1 - t0) / 1e3)
-            f.close()
-            return samples
-        finally:
-            s.close()
+        return benchlib.qmp_floor_persistent(sock_path, n, warmup, "unexpected greeting {greeting!r}")
 
     def qmp_library(self, sock_path, n, warmup):
         from qemu.qmp import QMPClient
@@ -324,17 +217,9 @@ class Bench:
         try:
             s.settimeout(10)
             f = s.makefile("rb")
-            if "QMP" not in json.loads(f.readline()):
-                raise BenchError("raw QEMU: bad greeting")
-            s.sendall(b'{"execute":"qmp_capabilities"}\n')
-            while "return" not in json.loads(f.readline()):
-                pass
+            benchlib.qmp_handshake(s, f, "raw QEMU: bad greeting")
             t1 = now()
-            s.sendall(b'{"execute":"cont"}\n')
-            while True:
-                msg = json.loads(f.readline())
-                if "return" in msg or "error" in msg:
-                    break
+            msg = benchlib.qmp_command(s, f, b'{"execute":"cont"}\n')
             if "return" not in msg:
                 raise BenchError(f"raw QEMU: cont failed: {msg!r}")
             f.close()
@@ -393,8 +278,7 @@ class Bench:
         self.results["config"] = {
             "n": a.n, "warmup": a.warmup, "rounds": a.rounds, "status_runs": a.status_runs,
             "lifecycle_runs": a.lifecycle, "accel": "tcg", "runtime_dir": self.root,
-            "qemu": subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
-                                   text=True).stdout.splitlines()[0:1],
+            "qemu": benchlib.qemu_version(),
             "python": sys.version.split()[0], "cpus": os.cpu_count(),
         }
         try:
@@ -407,7 +291,7 @@ class Bench:
         log(f"creating and starting vm {name} under {self.root}")
         self.create(name)
         self.cli("start", name)
-        self.wait_ready(name)
+        benchlib.wait_ready(self.root, name)
         with open(os.path.join(self.root, name, "launch.json")) as f:
             template_argv = json.load(f)["argv"]
         template_dir = os.path.join(self.root, name)
@@ -423,12 +307,8 @@ class Bench:
         self.judge()
 
     def cleanup(self):
-        for name in sorted(self.cli_vms):
-            if os.path.isdir(os.path.join(self.root, name)):
-                try:
-                    self.cli("delete", name, "--force", check=False, timeout=30)
-                except Exception as e:   # keep cleaning
-                    log(f"cleanup: delete {name}: {e}")
+        benchlib.force_delete(self.a.plasmavmc, self.env,
+                              [n for n in sorted(self.cli_vms) if os.path.isdir(os.path.join(self.root, n))])
         self.cli_vms.clear()
         for pid, folder in list(self.raw.items()):
             try:
@@ -439,17 +319,7 @@ class Bench:
             shutil.rmtree(folder, ignore_errors=True)
         self.raw.clear()
         # Anything still alive that was launched from our runtime dir (pidfile/launch record).
-        if os.path.isdir(self.root):
-            for entry in os.listdir(self.root):
-                pidfile = os.path.join(self.root, entry, "qemu.pid")
-                try:
-                    pid = int(open(pidfile).read().strip())
-                except (OSError, ValueError):
-                    continue
-                if pid_alive(pid) and cmdline_mentions(pid, self.root):
-                    os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
-        reap_orphans()
+        benchlib.kill_strays_and_reap(self.root)
 
     # ---- report
 
@@ -509,12 +379,7 @@ class Bench:
             L.append(f"| {v} | {r['cli']['median']:.1f} | {r['cli']['p90']:.1f} | {r['raw']['median']:.1f} "
                      f"| {r['raw']['p90']:.1f} | {r['diff_median']:.1f} |")
         L.append("")
-        L.append("## Targets")
-        L.append("")
-        L.append("| target | measured | result |")
-        L.append("|---|---|---|")
-        for t in self.results["targets"]:
-            L.append(f"| {t['target']} | {t['measured']} | {'PASS' if t['pass'] else 'FAIL'} |")
+        L += benchlib.targets_table(self.results["targets"])
         return "\n".join(L)
 
 
@@ -527,7 +392,7 @@ def _dist_version(dist):
 
 
 def main():
-    env_int = lambda k, d: int(os.environ.get(k, d))
+    env_int = benchlib.env_int
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--plasmavmc", required=True, help="release plasmavmc binary")
     p.add_argument("--bench", required=True, help="release plasmavmc-bench binary")
@@ -541,36 +406,12 @@ def main():
     p.add_argument("--lifecycle", type=int, default=env_int("BENCH_LIFECYCLE", 10), help="lifecycle runs (env BENCH_LIFECYCLE)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
     a = p.parse_args()
-    for name, lo, hi in (("n", 1, 1_000_000), ("warmup", 0, 100_000), ("rounds", 1, 100),
-                         ("status_runs", 1, 10_000), ("lifecycle", 1, 1000)):
-        if not lo <= getattr(a, name) <= hi:
-            p.error(f"--{name.replace('_', '-')} must be in {lo}..{hi}")
+    benchlib.check_ranges(p, a, (("n", 1, 1_000_000), ("warmup", 0, 100_000), ("rounds", 1, 100),
+                                 ("status_runs", 1, 10_000), ("lifecycle", 1, 1000)))
 
-    def on_signal(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-
-    if not become_subreaper():
-        log("warning: could not become a child subreaper; killed QEMUs may stay as zombies of PID 1")
+    benchlib.setup("bench", subreaper=True)
     b = Bench(a)
-    try:
-        b.run()
-    except BenchError as e:
-        log(f"error: {e}")
-        return 1
-    except KeyboardInterrupt as e:
-        log(f"interrupted ({e})")
-        return 130
-    finally:
-        b.cleanup()
-    print(b.table())
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(b.results, f, indent=2)
-            f.write("\n")
-        log(f"results written to {a.json}")
-    return 0 if all(t["pass"] for t in b.results["targets"]) else 3
+    return benchlib.run_bench(b, a.json, b.cleanup)
 
 
 if __name__ == "__main__":

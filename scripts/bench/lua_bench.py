@@ -20,10 +20,10 @@ Targets (from the issue), each measured by a `plasmavmc run` plan in this folder
   4. (same plan)       VmRSS/VmHWM of the plasmavmc process itself (not QEMU), sampled from
                        /proc while the four VMs boot and run; target < 40 MiB.
 Prints markdown tables with PASS/FAIL; --json PATH writes the results as JSON too.
-Standard library only.
+Standard library only; shared helpers (statistics, cleanup, signals, output) in benchlib.py
+next to this file.
 """
 import argparse
-import ctypes
 import json
 import os
 import signal
@@ -34,79 +34,18 @@ import sys
 import threading
 import time
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import benchlib  # noqa: E402  (shared helpers, this folder)
+from benchlib import BenchError, log, reap_orphans, summary  # noqa: E402
+
 TARGET_CALL_NS = 1000.0        # 1: Swift binding call < 1 us
 TARGET_STATUS_RATIO = 1.3      # 2: status median <= 1.3 x floor median
 TARGET_PARALLEL_RATIO = 3.0    # 3: "well under 4x": we call < 3.0x a pass (2 cores: 2x is the CPU floor)
 TARGET_RSS_MIB = 40.0          # 4: plasmavmc's own RSS with four VMs up
 
-READY_LINE = b"PLASMAVMC-GUEST-READY"
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-class BenchError(Exception):
-    pass
-
-
-def log(msg):
-    print(f"lua-bench: {msg}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------- statistics
-
-def pct(values, p):
-    """Nearest-rank percentile."""
-    s = sorted(values)
-    if not s:
-        return float("nan")
-    rank = max(1, min(len(s), -(-p * len(s) // 100)))
-    return s[int(rank) - 1]
-
-
-def summary(values):
-    return {"n": len(values), "median": statistics.median(values), "p90": pct(values, 90),
-            "mean": statistics.fmean(values), "min": min(values), "max": max(values)}
-
 
 # ---------------------------------------------------------------------------- processes
-
-def become_subreaper():
-    """QEMU is spawned by plasmavmc in a new session and outlives a CLI call; as a subreaper
-    this process inherits it and can reap it (PID 1 in this sandbox does not reap orphans)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_CHILD_SUBREAPER = 36
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except OSError:
-        return False
-
-
-def reap_orphans():
-    """Reaps every exited child. Call only when no subprocess.Popen is outstanding."""
-    for _ in range(10000):
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            break
-        if pid == 0:
-            break
-
-
-def pid_alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-        return state not in (b"Z", b"X")
-    except (OSError, IndexError):
-        return False
-
-
-def cmdline_mentions(pid, text):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return text.encode() in f.read()
-    except OSError:
-        return False
-
 
 def read_mem_kb(pid):
     """(VmRSS, VmHWM) in kB from /proc/PID/status, or None once the process is gone."""
@@ -208,24 +147,7 @@ class Bench:
         self.results = {"config": {}, "calls": {}, "status": {}, "parallel": {}, "memory": {}, "targets": []}
 
     def cli(self, *argv, check=True, timeout=60):
-        r = subprocess.run([self.a.plasmavmc, *argv], env=self.env, capture_output=True, text=True,
-                           timeout=timeout)
-        if check and r.returncode != 0:
-            raise BenchError(f"plasmavmc {' '.join(argv)} -> exit {r.returncode}: {r.stderr.strip()}")
-        return r
-
-    def wait_ready(self, name, timeout=120.0):
-        path = os.path.join(self.root, name, "console.log")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with open(path, "rb") as f:
-                    if READY_LINE in f.read():
-                        return
-            except FileNotFoundError:
-                pass
-            time.sleep(0.05)
-        raise BenchError(f"vm {name}: no {READY_LINE.decode()} in {path} within {timeout:.0f} s")
+        return benchlib.cli(self.a.plasmavmc, self.env, *argv, check=check, timeout=timeout)
 
     # ---- 1. calls
 
@@ -249,16 +171,8 @@ class Bench:
                 s.settimeout(10)
                 s.connect(sock_path)
                 f = s.makefile("rb")
-                if "QMP" not in json.loads(f.readline()):
-                    raise BenchError("per-call floor: bad greeting")
-                s.sendall(b'{"execute":"qmp_capabilities"}\n')
-                while "return" not in json.loads(f.readline()):
-                    pass
-                s.sendall(b'{"execute":"query-status"}\n')
-                while True:
-                    msg = json.loads(f.readline())
-                    if "return" in msg or "error" in msg:
-                        break
+                benchlib.qmp_handshake(s, f, "per-call floor: bad greeting")
+                msg = benchlib.qmp_command(s, f, b'{"execute":"query-status"}\n')
                 if msg.get("return", {}).get("status") != "running":
                     raise BenchError(f"per-call floor: query-status said {msg!r}")
                 f.close()
@@ -271,34 +185,7 @@ class Bench:
 
     def floor_persistent(self, sock_path, n, warmup):
         """query-status round trips on one open connection (bench.py's floor)."""
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(10)
-        try:
-            s.connect(sock_path)
-            f = s.makefile("rb")
-            if "QMP" not in json.loads(f.readline()):
-                raise BenchError("persistent floor: bad greeting")
-            s.sendall(b'{"execute":"qmp_capabilities"}\n')
-            while "return" not in json.loads(f.readline()):
-                pass
-            samples = []
-            now = time.perf_counter_ns
-            for i in range(warmup + n):
-                t0 = now()
-                s.sendall(b'{"execute":"query-status","id":%d}\n' % i)
-                while True:
-                    msg = json.loads(f.readline())
-                    if "return" in msg or "error" in msg:
-                        break
-                t1 = now()
-                if "return" not in msg:
-                    raise BenchError(f"query-status failed: {msg!r}")
-                if i >= warmup:
-                    samples.append((t1 - t0) / 1e3)
-            f.close()
-            return samples
-        finally:
-            s.close()
+        return benchlib.qmp_floor_persistent(sock_path, n, warmup, "persistent floor: bad greeting")
 
     def bench_status(self):
         a = self.a
@@ -308,7 +195,7 @@ class Bench:
         self.cli("create", name, "--kernel", a.kernel, "--initrd", a.initrd, "--append", "quiet",
                  "--memory", "256M", "--accel", "tcg")
         self.cli("start", name)
-        self.wait_ready(name)
+        benchlib.wait_ready(self.root, name)
         sock_path = os.path.join(self.root, name, "qmp.sock")
         pooled = {k: [] for k in ("status", "qmp", "sleep0", "per_call", "persistent")}
         rmed = {k: [] for k in pooled}
@@ -384,8 +271,7 @@ class Bench:
             "status_rounds": a.status_rounds, "persistent_n": a.persistent_n,
             "parallel_rounds": a.parallel_rounds, "hold": a.hold, "accel": "tcg",
             "runtime_dir": self.root, "cpus": os.cpu_count(), "python": sys.version.split()[0],
-            "qemu": subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
-                                   text=True).stdout.splitlines()[0:1],
+            "qemu": benchlib.qemu_version(),
         }
         only = set(a.only.split(",")) if a.only else {"calls", "status", "parallel"}
         if "calls" in only:
@@ -407,24 +293,13 @@ class Bench:
                 p.kill()
                 p.wait()
         self.current = None
+        # Every VM in the runtime dir (the plan's own ones too), then any QEMU left by pid file.
         if os.path.isdir(self.root):
-            for entry in sorted(os.listdir(self.root)):
-                if os.path.isfile(os.path.join(self.root, entry, "spec.json")):
-                    try:
-                        self.cli("delete", entry, "--force", check=False, timeout=30)
-                    except Exception as e:   # keep cleaning
-                        log(f"cleanup: delete {entry}: {e}")
-            for entry in os.listdir(self.root):
-                pidfile = os.path.join(self.root, entry, "qemu.pid")
-                try:
-                    pid = int(open(pidfile).read().strip())
-                except (OSError, ValueError):
-                    continue
-                if pid_alive(pid) and cmdline_mentions(pid, self.root):
-                    os.kill(pid, signal.SIGKILL)
+            benchlib.force_delete(self.a.plasmavmc, self.env,
+                                  [e for e in sorted(os.listdir(self.root))
+                                   if os.path.isfile(os.path.join(self.root, e, "spec.json"))])
         self.cli_vms.clear()
-        time.sleep(0.05)
-        reap_orphans()
+        benchlib.kill_strays_and_reap(self.root)
 
     # ---- report
 
@@ -522,14 +397,12 @@ class Bench:
                 L.append(f"| {label} | {m['samples']} | {m['median_rss_kb'] / 1024:.1f} | {m['max_rss_kb'] / 1024:.1f} "
                          f"| {m['hwm_kb'] / 1024:.1f} |")
             L.append("")
-        L += ["## Targets", "", "| target | measured | result |", "|---|---|---|"]
-        for t in self.results["targets"]:
-            L.append(f"| {t['target']} | {t['measured']} | {'PASS' if t['pass'] else 'FAIL'} |")
+        L += benchlib.targets_table(self.results["targets"])
         return "\n".join(L)
 
 
 def main():
-    env_int = lambda k, d: int(os.environ.get(k, d))
+    env_int = benchlib.env_int
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--plasmavmc", required=True, help="release plasmavmc binary")
     p.add_argument("--kernel", required=True)
@@ -545,40 +418,16 @@ def main():
     p.add_argument("--only", help="comma list of calls,status,parallel (default all)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
     a = p.parse_args()
-    for name, lo, hi in (("calls_n", 1, 100_000_000), ("calls_reps", 1, 100), ("status_k", 1, 100_000),
-                         ("status_rounds", 1, 100), ("persistent_n", 1, 1_000_000), ("parallel_rounds", 1, 50)):
-        if not lo <= getattr(a, name) <= hi:
-            p.error(f"--{name.replace('_', '-')} must be in {lo}..{hi}")
+    benchlib.check_ranges(p, a, (("calls_n", 1, 100_000_000), ("calls_reps", 1, 100), ("status_k", 1, 100_000),
+                                 ("status_rounds", 1, 100), ("persistent_n", 1, 1_000_000), ("parallel_rounds", 1, 50)))
     if not 0 <= a.hold <= 600:
         p.error("--hold must be in 0..600")
     if a.only and not set(a.only.split(",")) <= {"calls", "status", "parallel"}:
         p.error("--only takes a comma list of calls,status,parallel")
 
-    def on_signal(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-
-    if not become_subreaper():
-        log("warning: could not become a child subreaper; killed QEMUs may stay as zombies of PID 1")
+    benchlib.setup("lua-bench", subreaper=True)
     b = Bench(a)
-    try:
-        b.run()
-    except BenchError as e:
-        log(f"error: {e}")
-        return 1
-    except KeyboardInterrupt as e:
-        log(f"interrupted ({e})")
-        return 130
-    finally:
-        b.cleanup()
-    print(b.table())
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(b.results, f, indent=2)
-            f.write("\n")
-        log(f"results written to {a.json}")
-    return 0 if all(t["pass"] for t in b.results["targets"]) else 3
+    return benchlib.run_bench(b, a.json, b.cleanup)
 
 
 if __name__ == "__main__":

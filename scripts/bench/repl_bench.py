@@ -13,12 +13,12 @@ Targets (from the issue), release build:
      floor); press Tab and time until the completed rest (`eate`, `rmat`) echoes back; Ctrl-U
      clears the line. Context row: Enter on `1` until the value and the next prompt are back.
 Prints markdown tables with PASS/FAIL; --json PATH writes the results as JSON too.
-Standard library only. Every program it starts is ended (Ctrl-D, then SIGKILL) before it exits.
+Standard library only; shared helpers (statistics, signals, output) in benchlib.py next to this
+file. Every program it starts is ended (Ctrl-D, then SIGKILL) before it exits.
 """
 import argparse
 import errno
 import fcntl
-import json
 import os
 import select
 import shutil
@@ -30,32 +30,14 @@ import sys
 import termios
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402  (shared helpers, this folder)
+from benchlib import BenchError, log, summary  # noqa: E402
+
 TARGET_START_MS = 150.0       # 1: start to first prompt, median
 TARGET_COMPLETE_MS = 10.0     # 2: Tab to completion echoed, median
 
 PROMPT = b"plasmavmc> "
-
-
-class BenchError(Exception):
-    pass
-
-
-def log(msg):
-    print(f"repl-bench: {msg}", file=sys.stderr, flush=True)
-
-
-def pct(values, p):
-    """Nearest-rank percentile."""
-    s = sorted(values)
-    if not s:
-        return float("nan")
-    rank = max(1, min(len(s), -(-p * len(s) // 100)))
-    return s[int(rank) - 1]
-
-
-def summary(values):
-    return {"n": len(values), "median": statistics.median(values), "p90": pct(values, 90),
-            "mean": statistics.fmean(values), "min": min(values), "max": max(values)}
 
 
 # ---------------------------------------------------------------------------- pty processes
@@ -144,6 +126,11 @@ class PtyProc:
                     break
         except OSError:
             pass
+        self.kill()
+        return took
+
+    def kill(self):
+        """SIGKILL (unless it has exited and been reaped), close the master fd, forget it."""
         if self.status is None:
             try:
                 os.kill(self.pid, signal.SIGKILL)
@@ -155,7 +142,6 @@ class PtyProc:
         except OSError:
             pass
         LIVE.pop(self.pid, None)
-        return took
 
 
 def select_fd(fd, timeout):
@@ -164,16 +150,7 @@ def select_fd(fd, timeout):
 
 def kill_all():
     for p in list(LIVE.values()):
-        try:
-            os.kill(p.pid, signal.SIGKILL)
-            os.waitpid(p.pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        try:
-            os.close(p.fd)
-        except OSError:
-            pass
-        LIVE.pop(p.pid, None)
+        p.kill()
 
 
 def rss_kb(pid):
@@ -387,14 +364,12 @@ class Bench:
                  f"| {en['p90']:.3f} | {en['min']:.3f} | {en['max']:.3f} | |")
         if ctx.get("rss_kb_after_keys"):
             L += ["", f"REPL RSS after the keystroke rounds: {ctx['rss_kb_after_keys'] / 1024:.1f} MiB."]
-        L += ["", "## Targets", "", "| target | measured | result |", "|---|---|---|"]
-        for t in self.results["targets"]:
-            L.append(f"| {t['target']} | {t['measured']} | {'PASS' if t['pass'] else 'FAIL'} |")
+        L += [""] + benchlib.targets_table(self.results["targets"])
         return "\n".join(L)
 
 
 def main():
-    env_int = lambda k, d: int(os.environ.get(k, d))
+    env_int = benchlib.env_int
     default_python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--plasmavmc", required=True, help="release plasmavmc binary")
@@ -407,9 +382,7 @@ def main():
     p.add_argument("--python", default=default_python, help="python baseline ('' to skip; default %(default)s)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
     a = p.parse_args()
-    for name, lo, hi in (("starts", 1, 1000), ("warmup", 0, 100), ("rounds", 1, 10000), ("warmup_rounds", 0, 1000)):
-        if not lo <= getattr(a, name) <= hi:
-            p.error(f"--{name.replace('_', '-')} must be in {lo}..{hi}")
+    benchlib.check_ranges(p, a, (("starts", 1, 1000), ("warmup", 0, 100), ("rounds", 1, 10000), ("warmup_rounds", 0, 1000)))
     for opt in ("plasmavmc", "lua", "python"):
         v = getattr(a, opt)
         if v:
@@ -418,29 +391,9 @@ def main():
                 p.error(f"--{opt}: {v} is not an executable")
             setattr(a, opt, os.path.abspath(path))
 
-    def on_signal(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-
+    benchlib.setup("repl-bench", subreaper=False)
     b = Bench(a)
-    try:
-        b.run()
-    except BenchError as e:
-        log(f"error: {e}")
-        return 1
-    except KeyboardInterrupt as e:
-        log(f"interrupted ({e})")
-        return 130
-    finally:
-        kill_all()
-    print(b.table())
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(b.results, f, indent=2)
-            f.write("\n")
-        log(f"results written to {a.json}")
-    return 0 if all(t["pass"] for t in b.results["targets"]) else 3
+    return benchlib.run_bench(b, a.json, kill_all)
 
 
 if __name__ == "__main__":
