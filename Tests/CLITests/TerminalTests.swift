@@ -44,8 +44,12 @@ struct TerminalTests {
             try t.send("C-u")
             // Ctrl-C stops a long call and the prompt comes back.
             try t.type("sleep(60)\n")
-            try await Task.sleep(for: .milliseconds(300))
-            try t.send("C-c")
+            // A Ctrl-C that lands before the call starts is ignored at the prompt: repeat it
+            // until the call reports the interruption.
+            for _ in 0..<40 where try !t.screen().contains("error: interrupted") {
+                try await Task.sleep(for: .milliseconds(250))
+                try t.send("C-c")
+            }
             try await t.waitFor("error: interrupted (Ctrl-C); the session goes on")
             try t.type("'after' .. '!'\n")
             try await t.waitFor("\"after!\"")
