@@ -52,6 +52,7 @@ let package = Package(
         .testTarget(name: "PlasmaCoreTests", dependencies: ["PlasmaCore"]),
         .testTarget(name: "PlasmaQMPTests", dependencies: ["PlasmaQMP", "PlasmaTestSupport"]),
         .testTarget(name: "PlasmaVMMTests", dependencies: ["PlasmaVMM", "PlasmaTestSupport"]),
+        .testTarget(name: "PlasmaLuaTests", dependencies: ["PlasmaLua", "PlasmaVMM", "PlasmaTestSupport"]),
         .testTarget(name: "PlasmaKVMTests",
                     dependencies: ["PlasmaKVM", "PlasmaVMM", "PlasmaCore", "PlasmaTestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["PlasmaTestSupport"]),
