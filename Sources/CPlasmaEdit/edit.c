@@ -1,7 +1,11 @@
 #include "CPlasmaEdit.h"
 
+#include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 #include <editline/readline.h>
 
 static plasma_complete_fn complete_fn;
@@ -14,6 +18,61 @@ static char **attempted(const char *text, int start, int end) {
     return complete_fn(text, rl_line_buffer ? rl_line_buffer : "", complete_ctx);
 }
 
+/* Ctrl-C while typing: the SIGINT handler (another thread) signals wake_fd; the key reader
+   below, which libedit calls for every key, then feeds it ^U (kill the line) and a newline. */
+static int wake_fd = -1;
+static volatile int cancelled;
+static int pending[2];
+static int npending;
+
+static int read_key(FILE *in) {
+    if (npending > 0) {
+        int c = pending[0];
+        pending[0] = pending[1];
+        npending--;
+        return c;
+    }
+    int fd = fileno(in);
+    for (;;) {
+        struct pollfd p[2] = { { .fd = fd, .events = POLLIN }, { .fd = wake_fd, .events = POLLIN } };
+        int r = poll(p, wake_fd >= 0 ? 2 : 1, -1);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            return EOF;
+        }
+        if (wake_fd >= 0 && (p[1].revents & POLLIN)) {
+            uint64_t v;
+            while (read(wake_fd, &v, sizeof(v)) > 0) {}
+            cancelled = 1;
+            fputs("^C", rl_outstream ? rl_outstream : stdout);
+            pending[0] = '\n';
+            npending = 1;
+            return 0x15;
+        }
+        if (p[0].revents) {
+            unsigned char ch;
+            ssize_t n = read(fd, &ch, 1);
+            if (n == 1) return ch;
+            if (n < 0 && errno == EINTR) continue;
+            return EOF;
+        }
+    }
+}
+
+void plasma_edit_cancel_line(void) {
+    if (wake_fd >= 0) {
+        uint64_t one = 1;
+        ssize_t r = write(wake_fd, &one, sizeof(one));
+        (void)r;
+    }
+}
+
+int plasma_edit_take_cancel(void) {
+    int c = cancelled;
+    cancelled = 0;
+    return c;
+}
+
 void plasma_edit_init(const char *name, plasma_complete_fn fn, void *ctx) {
     /* C globals cannot be assigned from Swift 6: this is why this file exists. */
     rl_readline_name = name;
@@ -22,6 +81,8 @@ void plasma_edit_init(const char *name, plasma_complete_fn fn, void *ctx) {
     rl_attempted_completion_function = attempted;
     rl_basic_word_break_characters = " \t\n\"'`@$><=;|&{(,+-*/%^~#[]";
     rl_completion_append_character = '\0';
+    wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    rl_getc_function = read_key;
     using_history();
 }
 

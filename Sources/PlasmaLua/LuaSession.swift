@@ -149,15 +149,18 @@ public final class LuaSession: @unchecked Sendable {
 
     /// Stops the running chunk: its Lua code fails at its next instruction and its pending
     /// operations are cancelled. Safe from any thread (Ctrl-C handler, timer). Ignored when no
-    /// chunk runs.
-    public func interrupt(_ why: String) {
+    /// chunk runs. Returns whether a chunk was running.
+    @discardableResult
+    public func interrupt(_ why: String) -> Bool {
         inbox.lock()
-        if active, interruptReason == nil {
+        defer { inbox.unlock() }
+        guard active else { return false }
+        if interruptReason == nil {
             interruptReason = why
             if let running { why.withCString { plasma_interrupt(running, strdup($0)) } }
         }
         inbox.signal()
-        inbox.unlock()
+        return true
     }
 
     /// Runs coroutines until the plan ends or is interrupted. Returns the interrupt reason.

@@ -31,8 +31,11 @@ public final class Repl: Sendable {
         self.options = options
     }
 
-    /// Ctrl-C: stops the running call, if any; the REPL goes on.
-    public func interrupt() { session.interrupt("interrupted (Ctrl-C)") }
+    /// Ctrl-C: stops the running call, if any; at the prompt, abandons the line being typed.
+    /// The REPL goes on either way.
+    public func interrupt() {
+        if !session.interrupt("interrupted (Ctrl-C)"), options.interactive { plasma_edit_cancel_line() }
+    }
 
     /// Runs until end of input. Returns the exit status: 0, or 1 when an input failed while
     /// not interactive.
@@ -65,6 +68,10 @@ public final class Repl: Sendable {
         while true {
             let prompt = buffer.isEmpty ? "plasmavmc> " : ">> "
             guard let line = readLine(prompt: prompt) else { break }
+            if options.interactive, plasma_edit_take_cancel() != 0 {
+                buffer = ""
+                continue
+            }
             buffer = buffer.isEmpty ? line : buffer + "\n" + line
             if buffer.trimmingCharacters(in: .whitespaces).isEmpty {
                 buffer = ""

@@ -53,9 +53,17 @@ struct TerminalTests {
             try await t.waitFor("error: interrupted (Ctrl-C); the session goes on")
             try t.type("'after' .. '!'\n")
             try await t.waitFor("\"after!\"")
+            // Ctrl-C at the prompt abandons the half-typed line, also inside a multi-line statement.
+            try t.type("half typed")
+            try t.send("C-c")
+            try t.type("for i = 1, 2 do\n")
+            try t.send("C-c")
+            try t.type("6 * 7\n")
+            let afterCancel = try await t.waitFor("\n42")
+            #expect(!afterCancel.contains("error: stdin"), "\(afterCancel)")
             // History: Up brings back the last line.
             try t.send("Up")
-            try await t.waitFor("plasmavmc> 'after' .. '!'")
+            try await t.waitFor("plasmavmc> 6 * 7")
             try t.send("C-u", "C-d")
             for _ in 0..<100 where t.isRunning { try await Task.sleep(for: .milliseconds(50)) }
             #expect(!t.isRunning, "Ctrl-D leaves")
