@@ -20,7 +20,7 @@ fails("timed out after 0.5s waiting for console pattern \"NEVER\" %(vm is runnin
 v:wait_for_console(guest.ready, { timeout = 90 })
 local t0 = __plasma_now()
 fails("console showed failure pattern \"GUEST%%%-READY\"", v.wait_for_console, v, "NEVER", { timeout = 30, fail = { "GUEST%-READY" } })
-assert(__plasma_now() - t0 < 5, "a fail pattern ends the wait at once")
+assert(__plasma_now() - t0 < 20, "a fail pattern ends the wait long before its 30 s timeout")
 fails("timed out after 0.2s waiting for state stopped %(it is running", v.wait_for, v, "stopped", { timeout = 0.2 })
 fails("vm.stop: unknown option 'grace'", v.stop, v, { grace = 1 })
 v:delete { force = true }
