@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
+#include <termios.h>
 #include <unistd.h>
 #include <editline/readline.h>
 
@@ -18,12 +19,23 @@ static char **attempted(const char *text, int start, int end) {
     return complete_fn(text, rl_line_buffer ? rl_line_buffer : "", complete_ctx);
 }
 
-/* Ctrl-C while typing: the SIGINT handler (another thread) signals wake_fd; the key reader
-   below, which libedit calls for every key, then feeds it ^U (kill the line) and a newline. */
+/* Ctrl-C while typing abandons the line. The key reader below, which libedit calls for every
+   key, turns the terminal's ISIG off while a line is edited, so ^C arrives in order as a byte;
+   libedit restores the terminal (ISIG on) when the line is done, so during a running call ^C is
+   SIGINT again. A SIGINT that still arrives at the prompt (kill -INT) wakes wake_fd. Either way
+   the reader feeds libedit ^U (kill the line) and a newline. */
 static int wake_fd = -1;
 static volatile int cancelled;
 static int pending[2];
 static int npending;
+
+static int cancel_key(void) {
+    cancelled = 1;
+    fputs("^C", rl_outstream ? rl_outstream : stdout);
+    pending[0] = '\n';
+    npending = 1;
+    return 0x15;
+}
 
 static int read_key(FILE *in) {
     if (npending > 0) {
@@ -33,6 +45,11 @@ static int read_key(FILE *in) {
         return c;
     }
     int fd = fileno(in);
+    struct termios t;
+    if (tcgetattr(fd, &t) == 0 && (t.c_lflag & ISIG)) {
+        t.c_lflag &= ~ISIG;
+        tcsetattr(fd, TCSANOW, &t);
+    }
     for (;;) {
         struct pollfd p[2] = { { .fd = fd, .events = POLLIN }, { .fd = wake_fd, .events = POLLIN } };
         int r = poll(p, wake_fd >= 0 ? 2 : 1, -1);
@@ -43,16 +60,12 @@ static int read_key(FILE *in) {
         if (wake_fd >= 0 && (p[1].revents & POLLIN)) {
             uint64_t v;
             while (read(wake_fd, &v, sizeof(v)) > 0) {}
-            cancelled = 1;
-            fputs("^C", rl_outstream ? rl_outstream : stdout);
-            pending[0] = '\n';
-            npending = 1;
-            return 0x15;
+            return cancel_key();
         }
         if (p[0].revents) {
             unsigned char ch;
             ssize_t n = read(fd, &ch, 1);
-            if (n == 1) return ch;
+            if (n == 1) return ch == 3 ? cancel_key() : ch;
             if (n < 0 && errno == EINTR) continue;
             return EOF;
         }
