@@ -14,6 +14,19 @@ struct TerminalTests {
         ])
     }
 
+    /// Types `line` and Enter, then waits for the next prompt, so nothing is typed ahead while
+    /// the REPL is busy (type-ahead is echoed by the terminal out of place).
+    func enter(_ t: TmuxSession, _ line: String) async throws {
+        let before = try t.screen().components(separatedBy: "plasmavmc>").count
+        try t.type(line + "\n")
+        for _ in 0..<400 {
+            let screen = try t.screen()
+            if screen.components(separatedBy: "plasmavmc>").count > before, screen.hasSuffix("plasmavmc>") { return }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw PlasmaTestError("no prompt after \(line)")
+    }
+
     @Test func lineEditingCompletionHistoryAndCtrlC() async throws {
         try await base.withCLI { (cli: CLIRunner, runtime: TestRuntime) async throws in
             let history = runtime.root + "/.history"
@@ -32,8 +45,8 @@ struct TerminalTests {
             try t.send("Enter")
             try await t.waitFor("plasmavmc> 13 + 4\n17")
             // Methods of a VM object: v:st<Tab><Tab> lists start, status, stop.
-            try t.type("v = vm.get\n")
-            try t.type("s = 'x'\n")
+            try await enter(t, "v = vm.get")
+            try await enter(t, "s = 'x'")
             try t.type("s:up")
             try t.send("Tab")
             try await t.waitFor("plasmavmc> s:upper")
@@ -51,7 +64,7 @@ struct TerminalTests {
                 try t.send("C-c")
             }
             try await t.waitFor("error: interrupted (Ctrl-C); the session goes on")
-            try t.type("'after' .. '!'\n")
+            try await enter(t, "'after' .. '!'")
             try await t.waitFor("\"after!\"")
             // Ctrl-C at the prompt abandons the half-typed line, also inside a multi-line statement.
             try t.type("half typed")
@@ -79,7 +92,7 @@ struct TerminalTests {
             let t = try replSession(runtime, history: runtime.root + "/.history")
             defer { t.kill() }
             try await t.waitFor("plasmavmc>")
-            try t.type("v = vm.get('tc')\n")
+            try await enter(t, "v = vm.get('tc')")
             try t.type("v:st")
             try t.send("Tab", "Tab")
             let screen = try await t.waitFor("stop")
@@ -116,4 +129,9 @@ struct TerminalTests {
             base.expectError(try await cli.run("console", "con"), status: 3, "vm 'con' does not exist")
         }
     }
+}
+
+struct PlasmaTestError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
 }
