@@ -89,7 +89,7 @@ public final class LuaSession: @unchecked Sendable {
         L = state
         installNatives()
         setupGlobals()
-        if let error = loadChunk(preludeSource, "=plasma.vm", run: true) {
+        if let error = loadChunk(preludeSource, "=plasma.vm") {
             return "internal: the vm prelude failed: \(error)"
         }
         return nil
@@ -97,7 +97,7 @@ public final class LuaSession: @unchecked Sendable {
 
     /// Runs a library chunk (no yields) at once; returns an error message on failure.
     public func load(library source: String, name: String) -> String? {
-        loadChunk(source, name, run: true)
+        loadChunk(source, name)
     }
 
     /// Compiles `source`; on success the function is left on the stack, else the message is
@@ -523,7 +523,7 @@ public final class LuaSession: @unchecked Sendable {
         lua_setglobal(L, "arg")
     }
 
-    private func loadChunk(_ source: String, _ name: String, run: Bool) -> String? {
+    private func loadChunk(_ source: String, _ name: String) -> String? {
         let status = source.withCString { plasma_load(L, $0, strlen($0), name) }
         if status != LUA_OK {
             let msg = LuaStack.describe(L, -1)
@@ -601,4 +601,15 @@ private let hostDispatch: plasma_host_fn = { L, ctx in
 
 func formatSeconds(_ s: Double) -> String {
     s == s.rounded() ? "\(Int(s))s" : "\((s * 1000).rounded() / 1000)s"
+}
+
+/// Runs `body` on a new thread with a large stack (the only thread that will touch its Lua
+/// state) and returns its result to the awaiting task.
+func onLuaThread<T: Sendable>(named name: String, _ body: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { (c: CheckedContinuation<T, Never>) in
+        let thread = Thread { c.resume(returning: body()) }
+        thread.name = name
+        thread.stackSize = 16 << 20
+        thread.start()
+    }
 }

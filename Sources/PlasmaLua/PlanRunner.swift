@@ -74,12 +74,7 @@ public final class PlanRunner: Sendable {
     /// Runs the plan to its end and cleans up: ephemeral VMs (and VMs deleted by `<close>` on
     /// an error path) are removed on every exit path unless --keep-on-failure keeps them.
     public func run() async -> PlanOutcome {
-        await withCheckedContinuation { (c: CheckedContinuation<PlanOutcome, Never>) in
-            let thread = Thread { [self] in c.resume(returning: self.runHere()) }
-            thread.name = "lua-plan"
-            thread.stackSize = 16 << 20
-            thread.start()
-        }
+        await onLuaThread(named: "lua-plan") { [self] in runHere() }
     }
 
     private func runHere() -> PlanOutcome {

@@ -40,12 +40,7 @@ public final class Repl: Sendable {
     /// Runs until end of input. Returns the exit status: 0, or 1 when an input failed while
     /// not interactive.
     public func run() async -> Int32 {
-        await withCheckedContinuation { (c: CheckedContinuation<Int32, Never>) in
-            let thread = Thread { [self] in c.resume(returning: self.loop()) }
-            thread.name = "lua-repl"
-            thread.stackSize = 16 << 20
-            thread.start()
-        }
+        await onLuaThread(named: "lua-repl") { [self] in loop() }
     }
 
     private func loop() -> Int32 {
