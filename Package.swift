@@ -8,6 +8,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "plasmavmc", targets: ["plasmavmc"]),
+        .executable(name: "plasmavmc-supervisor", targets: ["plasmavmc-supervisor"]),
         .library(name: "PlasmaQMP", targets: ["PlasmaQMP"]),
     ],
     dependencies: [
@@ -16,6 +17,10 @@ let package = Package(
     targets: [
         // C helpers: posix_spawn with setsid, unix-socket connect, /proc reading.
         .target(name: "CPlasmaSys"),
+        // The per-VM supervisor process: a lean C program (one poll loop) that starts QEMU,
+        // records how it ended, logs its events and serves its console.
+        .executableTarget(name: "plasmavmc-supervisor",
+                          cSettings: [.unsafeFlags(["-Wall", "-Wextra", "-Wno-unused-parameter"])]),
         // Value types, validation, the state model and errors. No I/O.
         .target(name: "PlasmaCore", swiftSettings: strict),
         // QMP client. Imports none of our modules so it is usable alone.

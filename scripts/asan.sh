@@ -7,6 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scratch=${ASAN_SCRATCH:-.build-asan}
 swift build --scratch-path "$scratch" --sanitize=address --product plasmavmc
+swift build --scratch-path "$scratch" --sanitize=address --product plasmavmc-supervisor
 bin=$(swift build --scratch-path "$scratch" --sanitize=address --show-bin-path)/plasmavmc
 export PLASMAVMC_RUNTIME_DIR=$(mktemp -d /tmp/pva.XXXXXX)
 export PLASMAVMC_GUEST_DIR=${PLASMAVMC_GUEST_DIR:-.cache/guest}

@@ -14,6 +14,7 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 extern char **environ;
@@ -58,18 +59,35 @@ static int fill_addr(struct sockaddr_un *addr, const char *path) {
     return 0;
 }
 
-int plasma_unix_connect(const char *path) {
+int plasma_unix_connect_timeout(const char *path, int timeout_ms) {
     struct sockaddr_un addr;
     int rc = fill_addr(&addr, path);
     if (rc < 0) return rc;
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) return -errno;
-    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+    /* A unix socket whose backlog is full (its server hung) answers EAGAIN at once to a
+     * non-blocking connect, where a blocking one would wait forever: retry until the deadline. */
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0) break;
         int e = errno;
-        close(fd);
-        return -e;
+        if (e == EINTR) continue;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long elapsed = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
+        if (e != EAGAIN || elapsed >= timeout_ms) {
+            close(fd);
+            return e == EAGAIN ? -ETIMEDOUT : -e;
+        }
+        struct timespec pause = { 0, 2000000 };
+        nanosleep(&pause, NULL);
     }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     return fd;
+}
+
+int plasma_unix_connect(const char *path) {
+    return plasma_unix_connect_timeout(path, 2000);
 }
 
 int plasma_unix_listen(const char *path, int backlog) {

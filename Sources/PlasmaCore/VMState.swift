@@ -36,20 +36,81 @@ public enum VMState: String, Sendable, Codable, CaseIterable, CustomStringConver
     }
 }
 
+/// Why a VM is in its state, machine-readable. The message beside it says the same for a person.
+public enum ReasonCode: String, Sendable, Codable, CaseIterable, CustomStringConvertible {
+    /// The guest shut itself down (poweroff, or a reboot under -no-reboot).
+    case guestShutdown = "guest-shutdown"
+    /// `plasmavmc stop` ended it; the message names the step.
+    case stop
+    /// QEMU quit on a QMP `quit` from outside plasmavmc.
+    case hostQuit = "host-quit"
+    /// A signal from outside plasmavmc (SIGTERM, SIGINT, SIGHUP) ended QEMU.
+    case hostSignal = "host-signal"
+    /// SIGKILL: `plasmavmc kill`, or from outside (the message says which).
+    case killed
+    /// QEMU died of a fault signal (SIGSEGV, SIGABRT…) or exited non-zero.
+    case qemuCrashed = "qemu-crashed"
+    case guestPanicked = "guest-panicked"
+    /// QEMU could not be started, or did not come up.
+    case launchFailed = "launch-failed"
+    /// The VM's supervisor process is gone; QEMU may still run and is acted on by pid.
+    case supervisorLost = "supervisor-lost"
+    case created, running, paused
+
+    public var description: String { rawValue }
+
+    /// The code a state has when nothing more specific is known.
+    public static func `default`(for state: VMState) -> ReasonCode {
+        switch state {
+        case .created: return .created
+        case .running: return .running
+        case .paused: return .paused
+        case .stopped: return .stop
+        case .crashed: return .qemuCrashed
+        }
+    }
+}
+
 /// A state with the reason for it where one is known (e.g. stopped: guest-shutdown).
 public struct VMStatus: Sendable, Hashable, Codable {
     public var state: VMState
     public var reason: String?
+    /// Why, machine-readable (see `ReasonCode`).
+    public var reasonCode: ReasonCode
     /// QEMU's pid while its process lives.
     public var pid: Int32?
     /// The accelerator actually in use (kvm or tcg) once launched.
     public var accel: String?
 
-    public init(state: VMState, reason: String? = nil, pid: Int32? = nil, accel: String? = nil) {
+    public init(state: VMState, reason: String? = nil, reasonCode: ReasonCode? = nil,
+                pid: Int32? = nil, accel: String? = nil) {
         self.state = state
         self.reason = reason
+        self.reasonCode = reasonCode ?? .default(for: state)
         self.pid = pid
         self.accel = accel
+    }
+}
+
+/// One entry of a VM's event log: a QMP lifecycle event or one of plasmavmc's own steps.
+public struct VMEvent: Sendable, Hashable {
+    /// Wall-clock time, nanoseconds since the Unix epoch.
+    public var unixNanos: Int64
+    /// e.g. create, launch, greeting, resume, stop, powerdown, shutdown, reset,
+    /// guest-panicked, stop-requested, stop-step, kill-requested, exit.
+    public var kind: String
+    /// The VM's state right after the event.
+    public var state: VMState?
+    public var reasonCode: ReasonCode?
+    /// The whole entry as one JSON object (time, kind, state and the event's details).
+    public var json: String
+
+    public init(unixNanos: Int64, kind: String, state: VMState?, reasonCode: ReasonCode?, json: String) {
+        self.unixNanos = unixNanos
+        self.kind = kind
+        self.state = state
+        self.reasonCode = reasonCode
+        self.json = json
     }
 }
 

@@ -71,6 +71,12 @@ public protocol Hypervisor: Sendable {
     func consoleRead(_ name: VMName, from offset: Int) async throws -> (text: String, next: Int)
     /// Types `text` on the VM's serial console.
     func sendConsole(_ name: VMName, _ text: String) async throws
+    /// A connected stream socket to the VM's serial console: what the guest prints can be
+    /// read from it, what is written to it is typed. Other clients may be attached at the
+    /// same time. The caller closes it; a client that stops reading is dropped.
+    func consoleConnection(_ name: VMName) async throws -> Int32
+    /// Entries of the VM's event log from byte `offset` on, and the offset to read from next.
+    func events(_ name: VMName, from offset: Int) async throws -> (events: [VMEvent], next: Int)
     /// Runs a raw monitor (QMP) command; arguments and reply are JSON text.
     func monitorCommand(_ name: VMName, _ command: String, argumentsJSON: String?) async throws -> String
     /// A status probe for `name`, or nil when the backend has none or the VM is not up.

@@ -66,74 +66,88 @@ extension KVMHypervisor {
         }
     }
 
-    /// Spawns QEMU paused and waits for its monitor. On failure the process is gone and the
-    /// error carries QEMU's exit status, its command line and the tail of its log.
-    func launch(_ spec: VMSpec, paths: RuntimePaths, qemu: String) async throws -> VMStatus {
+    /// Starts the VM's supervisor, which spawns QEMU paused, connects its monitor and serial
+    /// port, and says "ready PID" or "error MESSAGE" on a pipe. On failure nothing of that
+    /// launch runs any more, and the error carries the reason, QEMU's command line and the
+    /// tail of its log.
+    func launch(_ spec: VMSpec, paths: RuntimePaths, qemu: String, supervisor: String) async throws -> VMStatus {
         let accel = await resolveAccel(spec.accel, qemu: qemu)
-        for stale in [paths.qmpSocket, paths.consoleSocket, paths.pidFile, paths.exit, paths.record, paths.launch] {
+        for stale in [paths.qmpSocket, paths.qmpSupervisorSocket, paths.serialSocket, paths.consoleSocket,
+                      paths.supervisorSocket, paths.pidFile, paths.exit, paths.record, paths.launch] {
             unlink(stale)
         }
         let argv = QEMUCommandLine(binary: qemu, spec: spec, paths: paths, accel: accel,
                                    diskFormats: spec.disks.map(Self.diskFormat)).arguments
-        let exitPath = paths.exit
-        let directory = paths.directory
-        let pid: Int32
-        do {
-            pid = try ChildProcesses.shared.spawn(argv, logPath: paths.qemuLog) { exit in
-                // Record how QEMU ended, unless the VM was deleted meanwhile.
-                if FileManager.default.fileExists(atPath: directory) {
-                    try? RecordFile.write(exit, to: exitPath)
-                }
-            }
-        } catch {
-            throw PlasmaError(.launchFailed, "vm '\(spec.name)': cannot start QEMU", cause: "\(error)")
+        var pipeFDs: [Int32] = [-1, -1]
+        // Children get only fds 0-2 (plasma_spawn closes the rest), so no CLOEXEC race here.
+        guard pipe(&pipeFDs) == 0 else {
+            throw PlasmaError(.launchFailed, "vm '\(spec.name)': cannot make a pipe", cause: String(cString: strerror(errno)))
         }
-        let process = ProcessIdentity.of(pid: pid) ?? ProcessIdentity(pid: pid, startTime: 0)
-        try RecordFile.write(LaunchRecord(process: process, accel: accel, argv: argv,
-                                          launchedAt: Date().timeIntervalSince1970), to: paths.launch)
+        let readFD = pipeFDs[0]
+        defer { close(readFD) }
+        let supervisorPID: Int32
+        do {
+            defer { close(pipeFDs[1]) }
+            var supervisorArgv = [supervisor, paths.directory, accel,
+                                  "--launch-timeout-ms", String(launchTimeout.milliseconds)]
+            if let consoleLogMax { supervisorArgv += ["--console-log-max", String(consoleLogMax)] }
+            supervisorPID = try ChildProcesses.shared.spawn(supervisorArgv + ["--"] + argv,
+                                                            logPath: paths.supervisorLog, stdoutFD: pipeFDs[1])
+        } catch {
+            throw PlasmaError(.launchFailed, "vm '\(spec.name)': cannot start \(supervisor)", cause: "\(error)")
+        }
+        let sup = ProcessIdentity.of(pid: supervisorPID) ?? ProcessIdentity(pid: supervisorPID, startTime: 0)
 
         func failure(_ what: String) async -> PlasmaError {
-            process.signal(SIGKILL)
-            _ = await process.waitForExit(timeout: .seconds(5))
-            var exitText = ""
-            for _ in 0..<50 {
-                if let exit = ChildProcesses.shared.exitRecord(of: pid) { exitText = " (\(exit.summary))"; break }
-                try? await Task.sleep(for: .milliseconds(2))
-            }
+            // SIGTERM makes a starting supervisor kill QEMU before it exits.
+            sup.signal(SIGTERM)
+            if (try? await sup.waitForExit(timeout: .seconds(5))) != true { sup.signal(SIGKILL) }
             let log = (RecordFile.tail(paths.qemuLog, maxBytes: 2048) ?? "")
                 .split(separator: "\n").suffix(5).joined(separator: "\n    ")
-            return PlasmaError(.launchFailed,
-                               "vm '\(spec.name)': \(what)\(exitText)\(log.isEmpty ? "" : ": " + (log.split(separator: "\n").last.map(String.init) ?? ""))",
-                               cause: "command: \(argv.joined(separator: " "))\n  qemu log:\n    \(log.isEmpty ? "(empty)" : log)")
+            let supLog = (RecordFile.tail(paths.supervisorLog, maxBytes: 1024) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+            let last = log.split(separator: "\n").last.map { ": " + $0.trimmingCharacters(in: .whitespaces) } ?? ""
+            return PlasmaError(.launchFailed, "vm '\(spec.name)': \(what)\(last)",
+                               cause: "command: \(argv.joined(separator: " "))\n  qemu log:\n    \(log.isEmpty ? "(empty)" : log)"
+                                   + (supLog.isEmpty ? "" : "\n  supervisor log:\n    \(supLog)"))
         }
 
+        let line: String
+        do {
+            line = try await Self.readLine(readFD, timeout: launchTimeout + .seconds(5))
+        } catch is CancellationError {
+            _ = await failure("launch cancelled")
+            throw CancellationError()
+        } catch {
+            throw await failure("the supervisor did not report within \(launchTimeout + .seconds(5)): \(error)")
+        }
+        if line.hasPrefix("ready ") {
+            let pid = Int32(line.dropFirst(6).trimmingCharacters(in: .whitespaces)) ?? 0
+            return VMStatus(state: .created, pid: pid, accel: accel)
+        }
+        if line.hasPrefix("error ") { throw await failure(String(line.dropFirst(6))) }
+        throw await failure("the supervisor ended before QEMU was up" + (line.isEmpty ? "" : " (\(line))"))
+    }
+
+    /// One line from a pipe within `timeout` ("" at end of file). Cancellation ends the wait.
+    static func readLine(_ fd: Int32, timeout: Duration) async throws -> String {
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         let clock = ContinuousClock()
-        let deadline = clock.now + launchTimeout
+        let deadline = clock.now + timeout
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 512)
+        var interval = Duration.microseconds(200)
         while true {
-            if !process.isAlive || ChildProcesses.shared.exitRecord(of: pid) != nil {
-                throw await failure("QEMU exited while starting")
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n > 0 {
+                bytes.append(contentsOf: chunk[..<n])
+                if let nl = bytes.firstIndex(of: 0x0a) { return String(decoding: bytes[..<nl], as: UTF8.self) }
+                continue
             }
-            if FileManager.default.fileExists(atPath: paths.qmpSocket) {
-                do {
-                    let client = try await QMPClient.connect(path: paths.qmpSocket, timeout: greetingTimeout)
-                    defer { client.close() }
-                    let state = try await client.execute("query-status", timeout: greetingTimeout)["status"]?.stringValue
-                    guard state == "prelaunch" else {
-                        throw await failure("QEMU came up in state \(state ?? "unknown") instead of prelaunch")
-                    }
-                    return VMStatus(state: .created, pid: pid, accel: accel)
-                } catch QMPError.connect {
-                    // The socket file exists a moment before QEMU listens on it.
-                } catch let error as PlasmaError {
-                    throw error
-                } catch {
-                    throw await failure("QEMU's monitor did not work: \(error)")
-                }
-            }
-            if clock.now >= deadline {
-                throw await failure("QEMU did not open its monitor within \(launchTimeout)")
-            }
-            try? await Task.sleep(for: .milliseconds(2))
+            if n == 0 { return String(decoding: bytes, as: UTF8.self) }
+            if errno != EAGAIN && errno != EINTR { throw SysError("reading the supervisor's pipe", errno) }
+            if clock.now >= deadline { throw SysError("no answer", ETIMEDOUT) }
+            try await Task.sleep(for: interval)
+            interval = min(interval * 2, .milliseconds(5))
         }
     }
 }

@@ -19,9 +19,17 @@ public struct KVMHypervisor: Hypervisor {
     /// How often an ignored ACPI powerdown is sent again.
     var powerdownInterval: Duration = .seconds(2)
 
-    public init(root: RuntimeRoot, qemuBinary: String? = nil) {
+    /// The console log's cap per file (two files are kept); nil: the supervisor's 8 MiB.
+    public let consoleLogMax: Int?
+
+    /// The smallest console log cap the supervisor accepts.
+    public static let consoleLogMinimum = 4096
+
+    /// - Parameter consoleLogMax: bytes per console log file, at least `consoleLogMinimum`.
+    public init(root: RuntimeRoot, qemuBinary: String? = nil, consoleLogMax: Int? = nil) {
         self.root = root
         self.qemuBinary = qemuBinary
+        self.consoleLogMax = consoleLogMax.map { max($0, Self.consoleLogMinimum) }
     }
 
     /// Whether a QEMU binary can be found (the backend's availability probe).
@@ -31,15 +39,16 @@ public struct KVMHypervisor: Hypervisor {
 
     // MARK: records
 
+    /// Which QEMU (and which supervisor) is this VM's. Written by the supervisor once QEMU is up.
     struct LaunchRecord: Codable {
         var process: ProcessIdentity
+        var supervisor: ProcessIdentity?
         var accel: String
         var argv: [String]
         var launchedAt: Double
     }
 
-    /// What plasmavmc last asked of the VM; lets a later process tell a requested stop or
-    /// kill from a crash.
+    /// What plasmavmc did to a VM whose supervisor was gone (with a supervisor, exit.json says it).
     struct RequestRecord: Codable {
         var action: String
         var step: String?
@@ -52,6 +61,7 @@ public struct KVMHypervisor: Hypervisor {
         try spec.validate()
         try checkHost(spec)
         let qemu = try Self.findQEMU(explicit: qemuBinary)
+        let supervisor = try Supervisor.find()
         let paths = root.paths(spec.name)
         try paths.checkSocketPathLength(vm: spec.name)
         try root.ensureExists()
@@ -65,7 +75,8 @@ public struct KVMHypervisor: Hypervisor {
         do {
             let lock = try await VMLock.acquire(path: paths.lock, vm: spec.name, timeout: .seconds(1))
             try RecordFile.write(spec, to: paths.spec)
-            let status = try await launch(spec, paths: paths, qemu: qemu)
+            EventLog.append(paths.events, kind: "create", state: nil)
+            let status = try await launch(spec, paths: paths, qemu: qemu, supervisor: supervisor)
             withExtendedLifetime(lock) {}
             return status
         } catch {
@@ -76,25 +87,27 @@ public struct KVMHypervisor: Hypervisor {
 
     public func start(_ name: VMName) async throws -> VMStatus {
         let paths = try existing(name)
-        if let launch = RecordFile.read(LaunchRecord.self, from: paths.launch), launch.process.isAlive {
-            let client = try await connect(name, paths, launch)
+        if let id = await identify(paths), id.qemu.isAlive {
+            let client = try await connect(name, paths, id.qemu)
             defer { client.close() }
             let state = try await qmp(name, client, "query-status")["status"]?.stringValue
             guard state == "prelaunch" else {
                 throw PlasmaError(.invalidState, "cannot start vm '\(name)': its QEMU is already up (\(state ?? "unknown")); stop it first")
             }
             _ = try await qmp(name, client, "cont")
-            return VMStatus(state: .running, pid: launch.process.pid, accel: launch.accel)
+            return VMStatus(state: .running, pid: id.qemu.pid, accel: id.accel)
         }
         guard let spec = RecordFile.read(VMSpec.self, from: paths.spec) else {
             throw PlasmaError(.internal, "vm '\(name)': its spec.json is unreadable; delete the vm and create it again")
         }
         try checkHost(spec)
-        let created = try await launch(spec, paths: paths, qemu: try Self.findQEMU(explicit: qemuBinary))
-        guard let launch = RecordFile.read(LaunchRecord.self, from: paths.launch) else {
-            throw PlasmaError(.internal, "vm '\(name)': launch record missing after relaunch")
+        EventLog.append(paths.events, kind: "relaunch", state: nil)
+        let created = try await launch(spec, paths: paths, qemu: try Self.findQEMU(explicit: qemuBinary),
+                                       supervisor: try Supervisor.find())
+        guard let pid = created.pid, let process = ProcessIdentity.of(pid: pid) else {
+            throw PlasmaError(.launchFailed, "vm '\(name)': QEMU ended right after its relaunch; see plasmavmc events \(name)")
         }
-        let client = try await connect(name, paths, launch)
+        let client = try await connect(name, paths, process)
         defer { client.close() }
         _ = try await qmp(name, client, "cont")
         return VMStatus(state: .running, pid: created.pid, accel: created.accel)
@@ -102,24 +115,44 @@ public struct KVMHypervisor: Hypervisor {
 
     public func status(_ name: VMName) async throws -> VMStatus {
         let paths = try existing(name)
-        guard let launch = RecordFile.read(LaunchRecord.self, from: paths.launch) else {
-            return VMStatus(state: .crashed, reason: "no QEMU was ever launched for it")
+        guard let id = await identify(paths) else {
+            if let exit = readExit(paths) { return exit.status }
+            if let request = requestStatus(paths, accel: nil) { return request }
+            if FileManager.default.fileExists(atPath: paths.launch) {
+                return VMStatus(state: .crashed, reason: "its launch record is unreadable and no QEMU of this vm is running",
+                                reasonCode: .supervisorLost)
+            }
+            return VMStatus(state: .crashed, reason: "no QEMU was ever launched for it", reasonCode: .launchFailed)
         }
-        if launch.process.isAlive {
-            do {
-                let client = try await QMPClient.connect(path: paths.qmpSocket, timeout: greetingTimeout)
-                defer { client.close() }
-                let reply = try await client.execute("query-status", timeout: greetingTimeout)
-                return Self.map(runState: reply["status"]?.stringValue ?? "", launch: launch)
-            } catch {
-                if launch.process.isAlive {
-                    throw PlasmaError(.unavailable,
-                                      "vm '\(name)': QEMU (pid \(launch.process.pid)) is alive but its monitor did not answer; try again, or end it with plasmavmc kill \(name)",
-                                      cause: "\(error)")
-                }
+        if id.qemu.isAlive {
+            var status: VMStatus
+            if let sup = id.supervisor, sup.isAlive,
+               let reply = try? await askStatus(paths, timeout: .milliseconds(800)) {
+                status = Self.map(runState: reply.runstate, pid: id.qemu.pid, accel: id.accel)
+            } else if id.supervisor?.isAlive == true {
+                status = VMStatus(state: .running, reason: "its supervisor (pid \(id.supervisor!.pid)) does not answer",
+                                  reasonCode: .running, pid: id.qemu.pid, accel: id.accel)
+            } else {
+                status = await lostSupervisorStatus(paths, id)
+            }
+            if id.qemu.isStopped {
+                status.reason = "QEMU (pid \(id.qemu.pid)) is stopped by a signal and runs no guest; plasmavmc kill \(name) ends it"
+            }
+            return status
+        }
+        // QEMU is gone. Its supervisor writes exit.json right after reaping it.
+        if let sup = id.supervisor {
+            let deadline = ContinuousClock.now + .seconds(1)
+            while sup.isAlive, readExit(paths) == nil, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(5))
             }
         }
-        return deadStatus(paths, launch)
+        if let exit = readExit(paths) {
+            var s = exit.status
+            s.accel = id.accel
+            return s
+        }
+        return deadWithoutSupervisor(paths, id)
     }
 
     public func info(_ name: VMName) async throws -> VMInfo {
@@ -134,57 +167,56 @@ public struct KVMHypervisor: Hypervisor {
         let clock = ContinuousClock()
         let begin = clock.now
         let paths = try existing(name)
-        guard let launch = RecordFile.read(LaunchRecord.self, from: paths.launch), launch.process.isAlive else {
-            try record(paths, "stop", step: .alreadyGone)
+        guard let id = await identify(paths), id.qemu.isAlive else {
+            recordBestEffort(paths, "stop", step: .alreadyGone)
             return StopOutcome(step: .alreadyGone, elapsed: clock.now - begin)
         }
-        let process = launch.process
-        try record(paths, "stop", step: nil)
-        let current = try await status(name)
-        // The layers get disjoint slices of the timeout: graceful first, then quit, SIGTERM.
-        let forceBudget = min(.seconds(6), timeout / 2)
-        let gracefulEnd = begin + (timeout - forceBudget)
-        var step: StopStep?
-        if current.state == .running {
-            while step == nil, clock.now < gracefulEnd {
-                if let client = try? await QMPClient.connect(path: paths.qmpSocket, timeout: greetingTimeout) {
-                    _ = try? await client.execute("system_powerdown", timeout: greetingTimeout)
-                    client.close()
-                }
-                let wait = min(powerdownInterval, gracefulEnd - clock.now)
-                if await process.waitForExit(timeout: wait) { step = .powerdown }
+        if let sup = id.supervisor, sup.isAlive {
+            do {
+                let text = try await Supervisor.request(paths.supervisorSocket, "stop \(timeout.milliseconds)",
+                                                        timeout: timeout + .seconds(8))
+                let reply = try JSONDecoder().decode(Supervisor.StopReply.self, from: Data(text.utf8))
+                if let error = reply.error { throw PlasmaError(.internal, "vm '\(name)': the supervisor refused the stop: \(error)") }
+                let step = reply.step.flatMap(StopStep.init(rawValue:)) ?? .alreadyGone
+                return StopOutcome(step: step, elapsed: clock.now - begin)
+            } catch is CancellationError {
+                throw CancellationError()
+            } catch let e as PlasmaError {
+                throw e
+            } catch {
+                // The supervisor went away meanwhile: finish the stop from here.
+                if !id.qemu.isAlive { return StopOutcome(step: .alreadyGone, elapsed: clock.now - begin) }
             }
         }
-        if step == nil {
-            if let client = try? await QMPClient.connect(path: paths.qmpSocket, timeout: min(greetingTimeout, forceBudget / 2)) {
-                _ = try? await client.execute("quit", timeout: forceBudget / 2)
-                client.close()
-            }
-            if await process.waitForExit(timeout: forceBudget / 2) { step = .quit }
-        }
-        if step == nil {
-            process.signal(SIGTERM)
-            if await process.waitForExit(timeout: forceBudget / 4) { step = .sigterm }
-        }
-        if step == nil {
-            process.signal(SIGKILL)
-            guard await process.waitForExit(timeout: .seconds(5)) else {
-                throw PlasmaError(.internal, "vm '\(name)': QEMU (pid \(process.pid)) survived SIGKILL; it may be stuck in the kernel")
-            }
-            step = .sigkill
-        }
-        try record(paths, "stop", step: step)
-        return StopOutcome(step: step!, elapsed: clock.now - begin)
+        let left = timeout - (clock.now - begin)
+        let step = try await stopWithoutSupervisor(name, paths, id, timeout: max(left, .zero))
+        return StopOutcome(step: step, elapsed: clock.now - begin)
     }
 
     public func kill(_ name: VMName) async throws {
         let paths = try existing(name)
-        try record(paths, "kill", step: nil)
-        guard let launch = RecordFile.read(LaunchRecord.self, from: paths.launch) else { return }
-        launch.process.signal(SIGKILL)
-        guard await launch.process.waitForExit(timeout: .seconds(5)) else {
-            throw PlasmaError(.internal, "vm '\(name)': QEMU (pid \(launch.process.pid)) survived SIGKILL; it may be stuck in the kernel")
+        guard let id = await identify(paths), id.qemu.isAlive else {
+            recordBestEffort(paths, "kill", step: nil)
+            return
         }
+        if let sup = id.supervisor, sup.isAlive {
+            do {
+                _ = try await Supervisor.request(paths.supervisorSocket, "kill", timeout: .seconds(6))
+                if try await id.qemu.waitForExit(timeout: .seconds(1)) { return }
+            } catch is CancellationError {
+                throw CancellationError()
+            } catch {
+                // Fall through: kill it by pid.
+            }
+        }
+        recordBestEffort(paths, "kill", step: nil)
+        EventLog.append(paths.events, kind: "kill-requested", state: nil, details: ["supervisor": "lost"])
+        id.qemu.signal(SIGKILL)
+        guard try await id.qemu.waitForExit(timeout: .seconds(5)) else {
+            throw PlasmaError(.internal, "vm '\(name)': QEMU (pid \(id.qemu.pid)) survived SIGKILL; it may be stuck in the kernel")
+        }
+        EventLog.append(paths.events, kind: "exit", state: .stopped,
+                        details: ["reason_code": ReasonCode.killed.rawValue, "message": "killed by plasmavmc kill (SIGKILL)"])
     }
 
     public func pause(_ name: VMName) async throws {
@@ -197,13 +229,13 @@ public struct KVMHypervisor: Hypervisor {
 
     public func delete(_ name: VMName) async throws {
         let paths = try existing(name)
-        if let launch = RecordFile.read(LaunchRecord.self, from: paths.launch) {
-            if launch.process.isAlive {
-                throw PlasmaError(.invalidState, "cannot delete vm '\(name)': its QEMU (pid \(launch.process.pid)) is still running; stop it first, or delete with force")
+        if let id = await identify(paths) {
+            if id.qemu.isAlive {
+                throw PlasmaError(.invalidState, "cannot delete vm '\(name)': its QEMU (pid \(id.qemu.pid)) is still running; stop it first, or delete with force")
             }
-            // If this process spawned it, let the reaper record its exit first: it writes
-            // into the folder we are about to remove.
-            _ = await launch.process.waitForExit(timeout: .seconds(2))
+            // Let the supervisor (and a reaper of this process) finish writing into the folder.
+            _ = try await id.qemu.waitForExit(timeout: .seconds(2))
+            if let sup = id.supervisor { _ = try await sup.waitForExit(timeout: .seconds(2)) }
         }
         var lastError: (any Error)?
         for _ in 0..<5 {
@@ -212,7 +244,7 @@ public struct KVMHypervisor: Hypervisor {
                 return
             } catch {
                 lastError = error
-                try? await Task.sleep(for: .milliseconds(20))
+                try await Task.sleep(for: .milliseconds(20))
             }
         }
         throw PlasmaError(.internal, "vm '\(name)': cannot remove \(paths.directory)", cause: "\(lastError!)")
@@ -224,36 +256,35 @@ public struct KVMHypervisor: Hypervisor {
 
     public func consoleLog(_ name: VMName, maxBytes: Int?) async throws -> String {
         let paths = try existing(name)
-        return RecordFile.tail(paths.consoleLog, maxBytes: maxBytes) ?? ""
+        return ConsoleLogFiles(paths: paths).tail(maxBytes: maxBytes)
     }
 
     public func consoleRead(_ name: VMName, from offset: Int) async throws -> (text: String, next: Int) {
         let paths = try existing(name)
-        guard let h = FileHandle(forReadingAtPath: paths.consoleLog) else { return ("", offset) }
-        defer { try? h.close() }
-        let size = Int((try? h.seekToEnd()) ?? 0)
-        // A relaunch appends; a smaller file means it was replaced: start over.
-        let from = offset > size ? 0 : offset
-        try? h.seek(toOffset: UInt64(from))
-        let data = (try? h.readToEnd()) ?? Data()
-        return (String(decoding: data, as: UTF8.self), from + data.count)
+        let (data, next) = ConsoleLogFiles(paths: paths).read(from: offset, limit: 4 << 20)
+        return (String(decoding: data, as: UTF8.self), next)
+    }
+
+    public func consoleConnection(_ name: VMName) async throws -> Int32 {
+        let paths = try existing(name)
+        guard let id = await identify(paths), id.qemu.isAlive else {
+            throw PlasmaError(.invalidState, "vm '\(name)': QEMU is not running, so it has no console; start it first")
+        }
+        // The supervisor's console takes any number of clients; without a supervisor, QEMU's
+        // own serial socket takes one.
+        let socket = id.supervisor?.isAlive == true ? paths.consoleSocket : paths.serialSocket
+        let fd = socket.withCString { plasma_unix_connect_timeout($0, 2000) }
+        guard fd >= 0 else {
+            throw PlasmaError(.unavailable, "vm '\(name)': cannot connect to its console", cause: String(cString: strerror(-fd)))
+        }
+        return fd
     }
 
     public func sendConsole(_ name: VMName, _ text: String) async throws {
-        let paths = try existing(name)
-        guard let launch = RecordFile.read(LaunchRecord.self, from: paths.launch), launch.process.isAlive else {
-            throw PlasmaError(.invalidState, "vm '\(name)': QEMU is not running, so its console cannot be written; start it first")
-        }
-        // Connect, write, wait until QEMU has taken every byte, close. QEMU drops what is
-        // still queued when a client hangs up, and it reads only as fast as the guest's UART
-        // accepts. Whatever the guest prints meanwhile is read and dropped: a console client
-        // that does not read stalls the guest.
-        let fd = paths.consoleSocket.withCString { plasma_unix_connect($0) }
-        guard fd >= 0 else {
-            throw PlasmaError(.unavailable, "vm '\(name)': cannot connect to its console",
-                              cause: String(cString: strerror(-fd)))
-        }
+        let fd = try await consoleConnection(name)
         defer { close(fd) }
+        // Write, wait until the supervisor (or QEMU) has taken every byte, close. Whatever the
+        // guest prints meanwhile is read and dropped: an unread console client is dropped.
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         var bytes = Array(text.utf8)
         var off = 0
@@ -278,7 +309,7 @@ public struct KVMHypervisor: Hypervisor {
 
     public func monitorCommand(_ name: VMName, _ command: String, argumentsJSON: String?) async throws -> String {
         let paths = try existing(name)
-        guard let launch = RecordFile.read(LaunchRecord.self, from: paths.launch), launch.process.isAlive else {
+        guard let id = await identify(paths), id.qemu.isAlive else {
             throw PlasmaError(.invalidState, "vm '\(name)': QEMU is not running; start it first")
         }
         var args: JSONValue?
@@ -289,35 +320,43 @@ public struct KVMHypervisor: Hypervisor {
                 throw PlasmaError(.invalidArgument, "vm '\(name)': QMP arguments are not valid JSON", cause: "\(error)")
             }
         }
-        let client = try await connect(name, paths, launch)
+        let client = try await connect(name, paths, id.qemu)
         defer { client.close() }
         return try await qmp(name, client, command, args).description
+    }
+
+    public func events(_ name: VMName, from offset: Int) async throws -> (events: [VMEvent], next: Int) {
+        let paths = try existing(name)
+        return EventLog.read(paths.events, from: offset)
     }
 
     public func statusProbe(_ name: VMName) -> (any VMStatusProbe)? {
         guard let paths = try? existing(name),
               let launch = RecordFile.read(LaunchRecord.self, from: paths.launch), launch.process.isAlive,
-              let conn = try? QMPConnection(path: paths.qmpHoldSocket, timeout: .milliseconds(200)) else { return nil }
+              launch.supervisor?.isAlive == true,
+              let conn = try? ControlConnection(paths.supervisorSocket, timeout: .milliseconds(200)) else { return nil }
         return StatusProbe(launch: launch, connection: conn)
     }
 
-    /// Holds the VM's second monitor and asks it `query-status`.
+    /// Holds a connection to the VM's supervisor and asks it `status`: no QMP round trip.
     final class StatusProbe: VMStatusProbe {
         let launch: LaunchRecord
-        let connection: QMPConnection
+        let connection: ControlConnection
+        let decoder = JSONDecoder()
 
-        init(launch: LaunchRecord, connection: QMPConnection) {
+        init(launch: LaunchRecord, connection: ControlConnection) {
             self.launch = launch
             self.connection = connection
         }
 
         func status() -> VMStatus? {
             guard !connection.isClosed, launch.process.isAlive,
-                  let reply = try? connection.execute("query-status", timeout: .seconds(2)) else {
+                  let text = try? connection.ask("status", timeout: .seconds(2)),
+                  let reply = try? decoder.decode(Supervisor.StatusReply.self, from: Data(text.utf8)) else {
                 connection.close()
                 return nil
             }
-            return KVMHypervisor.map(runState: reply["status"]?.stringValue ?? "", launch: launch)
+            return KVMHypervisor.map(runState: reply.runstate, pid: launch.process.pid, accel: launch.accel)
         }
 
         func close() { connection.close() }
@@ -344,26 +383,157 @@ public struct KVMHypervisor: Hypervisor {
         return paths
     }
 
-    private func record(_ paths: RuntimePaths, _ action: String, step: StopStep?) throws {
-        try RecordFile.write(RequestRecord(action: action, step: step?.rawValue, at: Date().timeIntervalSince1970),
-                             to: paths.record)
+    /// The processes of a VM.
+    struct Identity {
+        var qemu: ProcessIdentity
+        var supervisor: ProcessIdentity?
+        var accel: String?
+    }
+
+    /// Which QEMU and supervisor are this VM's: from launch.json; when that is missing or
+    /// unreadable, from the supervisor itself; else from QEMU's pidfile, believed only when
+    /// that process's command line names this VM's monitor socket. A bad record never makes
+    /// plasmavmc forget a live QEMU.
+    func identify(_ paths: RuntimePaths) async -> Identity? {
+        if let launch = RecordFile.read(LaunchRecord.self, from: paths.launch) {
+            return Identity(qemu: launch.process, supervisor: launch.supervisor, accel: launch.accel)
+        }
+        if let reply = try? await askStatus(paths, timeout: .milliseconds(500)), reply.qemu.isAlive {
+            return Identity(qemu: reply.qemu, supervisor: reply.supervisor, accel: reply.accel)
+        }
+        guard let text = try? String(contentsOfFile: paths.pidFile, encoding: .utf8),
+              let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0,
+              let process = ProcessIdentity.of(pid: pid),
+              let cmdline = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return nil }
+        let args = cmdline.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        let monitor = "socket,id=qmp,path=\(QEMUCommandLine.escape(paths.qmpSocket)),"
+        guard args.contains(where: { $0.hasPrefix(monitor) }) else { return nil }
+        let accel = args.firstIndex(of: "-accel").flatMap { $0 + 1 < args.count ? args[$0 + 1] : nil }
+        return Identity(qemu: process, supervisor: nil, accel: accel)
+    }
+
+    func askStatus(_ paths: RuntimePaths, timeout: Duration) async throws -> Supervisor.StatusReply {
+        let text = try await Supervisor.request(paths.supervisorSocket, "status", timeout: timeout)
+        return try JSONDecoder().decode(Supervisor.StatusReply.self, from: Data(text.utf8))
+    }
+
+    func readExit(_ paths: RuntimePaths) -> Supervisor.ExitRecord? {
+        RecordFile.read(Supervisor.ExitRecord.self, from: paths.exit)
+    }
+
+    /// QEMU runs but its supervisor is gone: ask QEMU itself, briefly.
+    private func lostSupervisorStatus(_ paths: RuntimePaths, _ id: Identity) async -> VMStatus {
+        let why = "its supervisor is gone; QEMU (pid \(id.qemu.pid)) runs on and plasmavmc acts on it by pid"
+        if !id.qemu.isStopped,
+           let client = try? await QMPClient.connect(path: paths.qmpSocket, timeout: .milliseconds(500)) {
+            defer { client.close() }
+            if let reply = try? await client.execute("query-status", timeout: .milliseconds(500)) {
+                var s = Self.map(runState: reply["status"]?.stringValue ?? "", pid: id.qemu.pid, accel: id.accel)
+                s.reason = "\(s.state): " + why
+                s.reasonCode = .supervisorLost
+                return s
+            }
+        }
+        return VMStatus(state: .running, reason: "state unknown: \(why), and its monitor does not answer",
+                        reasonCode: .supervisorLost, pid: id.qemu.pid, accel: id.accel)
+    }
+
+    /// QEMU is gone and no supervisor recorded how.
+    private func deadWithoutSupervisor(_ paths: RuntimePaths, _ id: Identity) -> VMStatus {
+        if let request = requestStatus(paths, accel: id.accel) { return request }
+        if FileManager.default.fileExists(atPath: paths.pidFile) {
+            return VMStatus(state: .crashed, reason: "QEMU died without shutting down while its supervisor was gone", reasonCode: .supervisorLost, accel: id.accel)
+        }
+        return VMStatus(state: .stopped, reason: "QEMU exited cleanly while its supervisor was gone", reasonCode: .supervisorLost, accel: id.accel)
+    }
+
+    /// What plasmavmc did to the VM while its supervisor was gone, if anything.
+    private func requestStatus(_ paths: RuntimePaths, accel: String?) -> VMStatus? {
+        let request = RecordFile.read(RequestRecord.self, from: paths.record)
+        switch request?.action {
+        case "kill": return VMStatus(state: .stopped, reason: "killed by plasmavmc kill (SIGKILL)", reasonCode: .killed, accel: accel)
+        case "stop": return VMStatus(state: .stopped, reason: "stopped by plasmavmc stop (step: \(request?.step ?? "stop"))", reasonCode: .stop, accel: accel)
+        default: return nil
+        }
+    }
+
+    /// The stop ladder run from here, by pid and start time, when no supervisor does it.
+    private func stopWithoutSupervisor(_ name: VMName, _ paths: RuntimePaths, _ id: Identity, timeout: Duration) async throws -> StopStep {
+        let clock = ContinuousClock()
+        let begin = clock.now
+        let process = id.qemu
+        recordBestEffort(paths, "stop", step: nil)
+        EventLog.append(paths.events, kind: "stop-requested", state: nil, details: ["supervisor": "lost"])
+        let forceBudget = min(.seconds(6), timeout / 2)
+        let gracefulEnd = begin + (timeout - forceBudget)
+        var step: StopStep?
+        func note(_ s: StopStep) { EventLog.append(paths.events, kind: "stop-step", state: nil, details: ["step": s.rawValue]) }
+        if !process.isStopped, clock.now < gracefulEnd {
+            note(.powerdown)
+            while step == nil, clock.now < gracefulEnd {
+                let budget = min(greetingTimeout, max(gracefulEnd - clock.now, .milliseconds(1)))
+                if let client = try? await QMPClient.connect(path: paths.qmpSocket, timeout: budget) {
+                    _ = try? await client.execute("system_powerdown", timeout: budget)
+                    client.close()
+                }
+                let wait = min(powerdownInterval, max(gracefulEnd - clock.now, .zero))
+                if try await process.waitForExit(timeout: wait) { step = .powerdown }
+            }
+        }
+        if step == nil, !process.isStopped {
+            note(.quit)
+            let budget = max(forceBudget / 2, .milliseconds(1))
+            if let client = try? await QMPClient.connect(path: paths.qmpSocket, timeout: budget) {
+                _ = try? await client.execute("quit", timeout: budget)
+                client.close()
+            }
+            if try await process.waitForExit(timeout: forceBudget / 2) { step = .quit }
+        }
+        if step == nil, !process.isStopped {
+            note(.sigterm)
+            process.signal(SIGTERM)
+            if try await process.waitForExit(timeout: forceBudget / 4) { step = .sigterm }
+        }
+        if step == nil {
+            note(.sigkill)
+            process.signal(SIGKILL)
+            guard try await process.waitForExit(timeout: .seconds(5)) else {
+                throw PlasmaError(.internal, "vm '\(name)': QEMU (pid \(process.pid)) survived SIGKILL; it may be stuck in the kernel")
+            }
+            step = .sigkill
+        }
+        recordBestEffort(paths, "stop", step: step)
+        EventLog.append(paths.events, kind: "exit", state: .stopped,
+                        details: ["reason_code": ReasonCode.stop.rawValue, "message": "stopped by plasmavmc stop (step: \(step!))"])
+        return step!
+    }
+
+    /// Notes what plasmavmc did, for a later process. Never blocks the action itself: on a
+    /// full disk the note is lost and the VM still stops.
+    private func recordBestEffort(_ paths: RuntimePaths, _ action: String, step: StopStep?) {
+        do {
+            try RecordFile.write(RequestRecord(action: action, step: step?.rawValue, at: Date().timeIntervalSince1970),
+                                 to: paths.record)
+        } catch {
+            FileHandle.standardError.write(Data("plasmavmc: warning: could not write \(paths.record): \(error)\n".utf8))
+        }
     }
 
     private func simpleCommand(_ name: VMName, _ command: String) async throws {
         let paths = try existing(name)
-        guard let launch = RecordFile.read(LaunchRecord.self, from: paths.launch), launch.process.isAlive else {
+        guard let id = await identify(paths), id.qemu.isAlive else {
             throw PlasmaError(.invalidState, "vm '\(name)': QEMU is not running; start it first")
         }
-        let client = try await connect(name, paths, launch)
+        let client = try await connect(name, paths, id.qemu)
         defer { client.close() }
         _ = try await qmp(name, client, command)
     }
 
-    private func connect(_ name: VMName, _ paths: RuntimePaths, _ launch: LaunchRecord) async throws -> QMPClient {
+    private func connect(_ name: VMName, _ paths: RuntimePaths, _ qemu: ProcessIdentity) async throws -> QMPClient {
         do {
             return try await QMPClient.connect(path: paths.qmpSocket, timeout: greetingTimeout)
         } catch {
-            throw PlasmaError(.qmp, "vm '\(name)': cannot reach QEMU's monitor (pid \(launch.process.pid)); check plasmavmc status \(name)",
+            throw PlasmaError(.qmp, "vm '\(name)': cannot reach QEMU's monitor (pid \(qemu.pid)); check plasmavmc status \(name)",
                               cause: "\(error)")
         }
     }
@@ -376,40 +546,20 @@ public struct KVMHypervisor: Hypervisor {
         }
     }
 
-    static func map(runState: String, launch: LaunchRecord) -> VMStatus {
-        let pid = launch.process.pid
+    static func map(runState: String, pid: Int32, accel: String?) -> VMStatus {
         switch runState {
-        case "prelaunch": return VMStatus(state: .created, pid: pid, accel: launch.accel)
-        case "running": return VMStatus(state: .running, pid: pid, accel: launch.accel)
-        case "guest-panicked", "internal-error":
-            return VMStatus(state: .crashed, reason: runState, pid: pid, accel: launch.accel)
+        case "prelaunch": return VMStatus(state: .created, pid: pid, accel: accel)
+        case "running": return VMStatus(state: .running, pid: pid, accel: accel)
+        case "guest-panicked":
+            return VMStatus(state: .crashed, reason: "the guest panicked", reasonCode: .guestPanicked, pid: pid, accel: accel)
+        case "internal-error":
+            return VMStatus(state: .crashed, reason: "QEMU hit an internal error", reasonCode: .qemuCrashed, pid: pid, accel: accel)
         case "shutdown":
-            return VMStatus(state: .stopped, reason: "shutting down", pid: pid, accel: launch.accel)
+            return VMStatus(state: .stopped, reason: "shutting down", reasonCode: .guestShutdown, pid: pid, accel: accel)
         case "paused":
-            return VMStatus(state: .paused, reason: "paused by request", pid: pid, accel: launch.accel)
+            return VMStatus(state: .paused, reason: "paused by request", pid: pid, accel: accel)
         default:
-            return VMStatus(state: .paused, reason: runState, pid: pid, accel: launch.accel)
+            return VMStatus(state: .paused, reason: runState, pid: pid, accel: accel)
         }
-    }
-
-    /// The state of a VM whose QEMU is gone. QEMU removes its pidfile on a clean exit and
-    /// leaves it on SIGKILL or abort; our own records say what plasmavmc asked for.
-    func deadStatus(_ paths: RuntimePaths, _ launch: LaunchRecord) -> VMStatus {
-        let request = RecordFile.read(RequestRecord.self, from: paths.record)
-        let exit = RecordFile.read(ExitRecord.self, from: paths.exit)
-            ?? ChildProcesses.shared.exitRecord(of: launch.process.pid)
-        let accel = launch.accel
-        switch request?.action {
-        case "kill": return VMStatus(state: .stopped, reason: "killed", accel: accel)
-        case "stop": return VMStatus(state: .stopped, reason: "stopped (\(request?.step ?? "stop"))", accel: accel)
-        default: break
-        }
-        if let exit, !exit.exited || exit.code != 0 {
-            return VMStatus(state: .crashed, reason: "QEMU ended with \(exit.summary)", accel: accel)
-        }
-        if exit == nil, FileManager.default.fileExists(atPath: paths.pidFile) {
-            return VMStatus(state: .crashed, reason: "QEMU died without shutting down (killed or aborted)", accel: accel)
-        }
-        return VMStatus(state: .stopped, reason: "QEMU exited cleanly (guest powered off, or quit from outside plasmavmc)", accel: accel)
     }
 }

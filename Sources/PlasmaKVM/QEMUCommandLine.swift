@@ -38,9 +38,10 @@ public struct QEMUCommandLine: Sendable {
             "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
             "-chardev", "socket,id=qmp,path=\(e(paths.qmpSocket)),server=on,wait=off",
             "-mon", "chardev=qmp,mode=control",
-            "-chardev", "socket,id=qmp2,path=\(e(paths.qmpHoldSocket)),server=on,wait=off",
-            "-mon", "chardev=qmp2,mode=control",
-            "-chardev", "socket,id=serial0,path=\(e(paths.consoleSocket)),server=on,wait=off,logfile=\(e(paths.consoleLog)),logappend=on",
+            "-chardev", "socket,id=qmpsup,path=\(e(paths.qmpSupervisorSocket)),server=on,wait=off",
+            "-mon", "chardev=qmpsup,mode=control",
+            // The supervisor is the serial port's only client and writes the (capped) log.
+            "-chardev", "socket,id=serial0,path=\(e(paths.serialSocket)),server=on,wait=off",
             "-serial", "chardev:serial0",
             "-pidfile", paths.pidFile,
             "-device", "pvpanic-pci",

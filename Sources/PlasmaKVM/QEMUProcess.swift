@@ -26,6 +26,14 @@ struct ProcessIdentity: Codable, Sendable, Hashable {
         return st == startTime && state != CChar(UInt8(ascii: "Z")) && state != CChar(UInt8(ascii: "X"))
     }
 
+    /// Alive but stopped by a signal (SIGSTOP, a debugger): it will not answer anything.
+    var isStopped: Bool {
+        var st: UInt64 = 0
+        var state: CChar = 0
+        guard plasma_proc_stat(pid, &st, &state) == 0, st == startTime else { return false }
+        return state == CChar(UInt8(ascii: "T")) || state == CChar(UInt8(ascii: "t"))
+    }
+
     static func of(pid: Int32) -> ProcessIdentity? {
         var st: UInt64 = 0
         var state: CChar = 0
@@ -40,13 +48,14 @@ struct ProcessIdentity: Codable, Sendable, Hashable {
     /// Polls until the process is gone or `timeout` passes. Returns whether it is gone.
     /// For a child of this process, "gone" also means reaped and its exit recorded, so that
     /// nothing writes into the VM's folder afterwards.
-    func waitForExit(timeout: Duration) async -> Bool {
+    /// Ends at once, throwing `CancellationError`, when the task is cancelled.
+    func waitForExit(timeout: Duration) async throws -> Bool {
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
         var interval = Duration.milliseconds(1)
         while isAlive || !ChildProcesses.shared.isSettled(pid) {
             if clock.now >= deadline { return false }
-            try? await Task.sleep(for: interval)
+            try await Task.sleep(for: interval)
             interval = min(interval * 2, .milliseconds(10))
         }
         return true
@@ -64,7 +73,7 @@ final class ChildProcesses: Sendable {
 
     /// Spawns `argv` in a new session with stdout and stderr appended to `logPath`.
     /// `onExit` runs on the reaper thread when the child exits.
-    func spawn(_ argv: [String], logPath: String, stdinFD: Int32 = -1,
+    func spawn(_ argv: [String], logPath: String, stdinFD: Int32 = -1, stdoutFD: Int32? = nil,
                onExit: @escaping @Sendable (ExitRecord) -> Void = { _ in }) throws -> Int32 {
         let logFD = open(logPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
         guard logFD >= 0 else {
@@ -75,7 +84,7 @@ final class ChildProcesses: Sendable {
         let cArgs = argv.map { strdup($0) } + [nil]
         defer { cArgs.forEach { free($0) } }
         let rc = cArgs.withUnsafeBufferPointer { buf in
-            plasma_spawn(argv[0], buf.baseAddress, stdinFD, logFD, logFD, 1, &pid)
+            plasma_spawn(argv[0], buf.baseAddress, stdinFD, stdoutFD ?? logFD, logFD, 1, &pid)
         }
         guard rc == 0 else { throw SysError("cannot run \(argv[0])", rc) }
         let child = pid

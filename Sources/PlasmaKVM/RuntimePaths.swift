@@ -12,11 +12,22 @@ public struct RuntimePaths: Sendable, Hashable {
     /// Written by QEMU; QEMU removes it on a clean exit and leaves it on SIGKILL or abort.
     public var pidFile: String { directory + "/qemu.pid" }
     public var qmpSocket: String { directory + "/qmp.sock" }
-    /// A second monitor for one long-lived client (a plan's status probe), so that client
-    /// never keeps short-lived ones off `qmp.sock`.
-    public var qmpHoldSocket: String { directory + "/qmp2.sock" }
+    /// A second monitor, held by the supervisor for events and stop requests.
+    public var qmpSupervisorSocket: String { directory + "/qmp-sup.sock" }
+    /// QEMU's serial port; its one client is the supervisor.
+    public var serialSocket: String { directory + "/serial.sock" }
+    /// The supervisor's console: any number of readers and writers.
     public var consoleSocket: String { directory + "/console.sock" }
+    /// The supervisor's control socket: `status`, `stop MS`, `kill`.
+    public var supervisorSocket: String { directory + "/supervisor.sock" }
+    /// The supervisor's own stderr.
+    public var supervisorLog: String { directory + "/supervisor.log" }
+    /// The console log the supervisor writes, at most `cap` bytes; the previous one is `.1`.
     public var consoleLog: String { directory + "/console.log" }
+    /// "GENERATION CAP": how many times the console log was rotated, and its cap.
+    public var consoleGeneration: String { directory + "/console.gen" }
+    /// The event log: one JSON object a line (README: "Events").
+    public var events: String { directory + "/events.log" }
     /// QEMU's stderr.
     public var qemuLog: String { directory + "/qemu.log" }
     public var lock: String { directory + "/lock" }
@@ -29,7 +40,7 @@ public struct RuntimePaths: Sendable, Hashable {
     public var exit: String { directory + "/exit.json" }
 
     /// The longest socket path this folder needs.
-    public var longestSocketPath: String { consoleSocket }
+    public var longestSocketPath: String { supervisorSocket }
 
     /// - Throws: `invalidArgument` when the socket paths would not fit a unix socket address.
     public func checkSocketPathLength(vm: VMName) throws {

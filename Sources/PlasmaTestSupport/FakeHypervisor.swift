@@ -19,6 +19,7 @@ public final class FakeHypervisor: Hypervisor, Sendable {
         var lockWaiters: [VMName: [CheckedContinuation<Void, Never>]] = [:]
         var nextPid: Int32 = 1000
         var typed: [VMName: String] = [:]
+        var events: [VMName: [VMEvent]] = [:]
     }
 
     private let state = Mutex(State())
@@ -45,6 +46,7 @@ public final class FakeHypervisor: Hypervisor, Sendable {
 
     private func record(_ op: String, _ name: VMName) async throws {
         state.withLock { $0.calls.append("\(op) \(name)") }
+        note(op, name)
         if operationDelay > .zero { try await Task.sleep(for: operationDelay) }
     }
 
@@ -57,6 +59,16 @@ public final class FakeHypervisor: Hypervisor, Sendable {
 
     private func set(_ name: VMName, _ status: VMStatus) {
         state.withLock { $0.vms[name]?.status = status }
+    }
+
+    /// Adds an event-log entry, as the real backend's supervisor would.
+    private func note(_ kind: String, _ name: VMName) {
+        state.withLock { st in
+            let nanos = Int64(Date().timeIntervalSince1970 * 1e9)
+            let vmState = st.vms[name]?.status.state
+            let json = #"{"kind":"\#(kind)","state":"\#(vmState?.rawValue ?? "")","unix_nanos":\#(nanos)}"#
+            st.events[name, default: []].append(VMEvent(unixNanos: nanos, kind: kind, state: vmState, reasonCode: nil, json: json))
+        }
     }
 
     public func create(_ spec: VMSpec) async throws -> VMStatus {
@@ -93,14 +105,14 @@ public final class FakeHypervisor: Hypervisor, Sendable {
     public func stop(_ name: VMName, timeout: Duration) async throws -> StopOutcome {
         let s = try vm(name).status
         try await record("stop", name)
-        set(name, VMStatus(state: .stopped, reason: "stopped (powerdown)", accel: s.accel))
+        set(name, VMStatus(state: .stopped, reason: "stopped by plasmavmc stop (step: powerdown)", reasonCode: .stop, accel: s.accel))
         return StopOutcome(step: s.state == .running ? .powerdown : .quit, elapsed: operationDelay)
     }
 
     public func kill(_ name: VMName) async throws {
         let s = try vm(name).status
         try await record("kill", name)
-        set(name, VMStatus(state: .stopped, reason: "killed", accel: s.accel))
+        set(name, VMStatus(state: .stopped, reason: "killed by plasmavmc kill (SIGKILL)", reasonCode: .killed, accel: s.accel))
     }
 
     public func pause(_ name: VMName) async throws {
@@ -150,6 +162,24 @@ public final class FakeHypervisor: Hypervisor, Sendable {
     public func sendConsole(_ name: VMName, _ text: String) async throws {
         _ = try vm(name)
         state.withLock { $0.typed[name, default: ""] += text }
+    }
+
+    /// A socket that yields the console so far, then end of file.
+    public func consoleConnection(_ name: VMName) async throws -> Int32 {
+        let text = try vm(name).console
+        var fds: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
+            throw PlasmaError(.internal, "socketpair failed")
+        }
+        _ = text.withCString { send(fds[1], $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+        close(fds[1])
+        return fds[0]
+    }
+
+    public func events(_ name: VMName, from offset: Int) async throws -> (events: [VMEvent], next: Int) {
+        _ = try vm(name)
+        let all = state.withLock { $0.events[name] ?? [] }
+        return (Array(all.dropFirst(min(offset, all.count))), all.count)
     }
 
     public func monitorCommand(_ name: VMName, _ command: String, argumentsJSON: String?) async throws -> String {

@@ -101,31 +101,36 @@ public func writeScript(_ dir: String, _ name: String, _ body: String) throws ->
     return path
 }
 
-/// A stand-in for QEMU that opens the QMP socket named on its command line, accepts a
-/// client and never greets it (the "socket that accepts but never greets" fault).
+/// A stand-in for QEMU that opens every socket named on its command line (monitors, serial),
+/// accepts clients and never greets them (the "socket that accepts but never greets" fault).
 public let silentQMPScript = """
     #!/usr/bin/env python3
-    import socket, sys, time
+    import socket, sys, time, os
     args = sys.argv[1:]
-    path = None
+    paths = []
     for i, a in enumerate(args):
-        if a == "-chardev" and args[i + 1].startswith("socket,id=qmp,"):
-            for kv in args[i + 1].split(","):
+        if a == "-chardev" and args[i + 1].startswith("socket,"):
+            for kv in args[i + 1].replace(",,", "\\0").split(","):
                 if kv.startswith("path="):
-                    path = kv[5:]
+                    paths.append(kv[5:].replace("\\0", ","))
         if a == "-pidfile":
-            open(args[i + 1], "w").write("%d\\n" % __import__("os").getpid())
-    s = socket.socket(socket.AF_UNIX)
-    s.bind(path)
-    s.listen(1)
+            open(args[i + 1], "w").write("%d\\n" % os.getpid())
+    socks = []
+    for path in paths:
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(path)
+        s.listen(1)
+        s.setblocking(False)
+        socks.append(s)
     conns = []
     deadline = time.time() + 120
-    s.settimeout(1)
     while time.time() < deadline:
-        try:
-            conns.append(s.accept()[0])
-        except socket.timeout:
-            pass
+        for s in socks:
+            try:
+                conns.append(s.accept()[0])
+            except BlockingIOError:
+                pass
+        time.sleep(0.05)
     """
 
 /// A plain HTTP GET on 127.0.0.1:`port`; the whole response, or "" when nothing answered.

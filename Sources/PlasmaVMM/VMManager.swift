@@ -107,6 +107,18 @@ public struct VMManager: Sendable {
         try await guarded { try await hypervisor.sendConsole(name, text) }
     }
 
+    /// A stream socket attached to the VM's serial console (see `Hypervisor.consoleConnection`).
+    /// Legal while its QEMU is up. The caller closes it.
+    public func consoleConnection(_ name: VMName) async throws -> Int32 {
+        try await guarded { try await hypervisor.consoleConnection(name) }
+    }
+
+    /// The VM's event log from byte `offset` on (0: all of it), and where to read next.
+    public func events(_ name: VMName, from offset: Int = 0) async throws -> (events: [VMEvent], next: Int) {
+        guard offset >= 0 else { throw PlasmaError(.invalidArgument, "event log offset must not be negative") }
+        return try await guarded { try await hypervisor.events(name, from: offset) }
+    }
+
     /// A raw QMP command; JSON text in and out. Legal while its QEMU is up.
     public func monitorCommand(_ name: VMName, _ command: String, argumentsJSON: String? = nil) async throws -> String {
         try await guarded { try await hypervisor.monitorCommand(name, command, argumentsJSON: argumentsJSON) }

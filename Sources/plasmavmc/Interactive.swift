@@ -69,10 +69,10 @@ struct Console: AsyncParsableCommand {
         let recent = try await manager.consoleLog(name, maxBytes: max(0, replay))
             .replacingOccurrences(of: "\u{1b}[6n", with: "")
         FileHandle.standardOutput.write(Data(recent.utf8))
-        let socket = target.global.root.paths(name).consoleSocket
+        let fd = try await manager.consoleConnection(name)
         FileHandle.standardError.write(Data("\r\n[attached to vm '\(name)' serial console; detach with Ctrl-]]\r\n".utf8))
         let outcome = await withCheckedContinuation { (c: CheckedContinuation<String?, Never>) in
-            let t = Thread { c.resume(returning: ConsoleAttachment(socket: socket).run()) }
+            let t = Thread { c.resume(returning: ConsoleAttachment(fd: fd).run()) }
             t.name = "console"
             t.start()
         }
@@ -85,13 +85,12 @@ struct Console: AsyncParsableCommand {
 /// Copies stdin to the console socket and the socket to stdout until Ctrl-], end of input
 /// or the VM going away. The socket is read all the time: an unread console stalls the guest.
 struct ConsoleAttachment {
-    let socket: String
+    /// A connected console socket (from `VMManager.consoleConnection`); closed by `run`.
+    let fd: Int32
     static let detachKey: UInt8 = 0x1d
 
     /// nil when detached normally, else what went wrong.
     func run() -> String? {
-        let fd = socket.withCString { plasma_unix_connect($0) }
-        guard fd >= 0 else { return "cannot connect to its console: \(String(cString: strerror(-fd)))" }
         defer { close(fd) }
         let tty = isatty(0) != 0
         var saved = termios()

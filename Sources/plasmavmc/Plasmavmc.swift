@@ -66,7 +66,7 @@ struct Plasmavmc: AsyncParsableCommand {
             6 unavailable (QEMU missing, VM busy). `run` has its own (see plasmavmc run --help).
             """,
         subcommands: [Run.self, TestCommand.self, ReplCommand.self, Console.self, Create.self, Start.self, Status.self, Stop.self, Kill.self, Pause.self,
-                      Resume.self, Delete.self, List.self, Logs.self])
+                      Resume.self, Delete.self, List.self, Logs.self, Events.self])
 }
 
 struct GlobalOptions: ParsableArguments {
@@ -77,7 +77,22 @@ struct GlobalOptions: ParsableArguments {
     var root: RuntimeRoot { RuntimeRoot.resolve(explicit: runtimeDir) }
 
     var manager: VMManager {
-        VMManager(hypervisor: KVMHypervisor(root: root))
+        VMManager(hypervisor: KVMHypervisor(root: root, consoleLogMax: try? Self.consoleLogMax()))
+    }
+
+    func validate() throws {
+        _ = try Self.consoleLogMax()
+    }
+
+    /// `PLASMAVMC_CONSOLE_LOG_MAX`: bytes per console log file (default 8 MiB, two are kept).
+    static func consoleLogMax(_ env: [String: String] = ProcessInfo.processInfo.environment) throws -> Int? {
+        guard let text = env["PLASMAVMC_CONSOLE_LOG_MAX"], !text.isEmpty else { return nil }
+        let limit = 1 << 40
+        guard text.count <= 13, text.allSatisfy(\.isASCII), text.allSatisfy(\.isNumber),
+              let value = Int(text), value >= KVMHypervisor.consoleLogMinimum, value <= limit else {
+            throw PlasmaError(.invalidArgument, "PLASMAVMC_CONSOLE_LOG_MAX must be a whole number of bytes from \(KVMHypervisor.consoleLogMinimum) to \(limit), got \"\(text)\"")
+        }
+        return value
     }
 }
 
@@ -142,6 +157,7 @@ struct StatusJSON: Encodable {
     var name: String
     var state: String?
     var reason: String?
+    var reason_code: String?
     var pid: Int32?
     var accel: String?
     var error: String?
@@ -152,6 +168,7 @@ struct StatusJSON: Encodable {
         case .success(let s):
             state = s.state.rawValue
             reason = s.reason
+            reason_code = s.reasonCode.rawValue
             pid = s.pid
             accel = s.accel
         case .failure(let e):
@@ -177,6 +194,7 @@ struct Status: AsyncParsableCommand {
         let s = try await target.global.manager.status(n)
         if json { return try printJSON(StatusJSON(n, .success(s))) }
         print(s.state.rawValue)
+        print("reason_code: \(s.reasonCode)")
         if let r = s.reason { print("reason: \(r)") }
         if let p = s.pid { print("pid: \(p)") }
         if let a = s.accel { print("accel: \(a)") }
@@ -260,6 +278,54 @@ struct List: AsyncParsableCommand {
             for c in 0..<4 { line += r[c].padding(toLength: widths[c] + 2, withPad: " ", startingAt: 0) }
             print((line + r[4]).trimmingCharacters(in: .whitespaces))
         }
+    }
+}
+
+struct Events: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "events",
+        abstract: "Print a VM's event log: QEMU's lifecycle events and plasmavmc's own steps.",
+        discussion: """
+            One line an event: time, kind, state and details. With --json, each line is one JSON \
+            object with time, unix_nanos, kind, state and the event's details. With --follow, \
+            new events are printed as they happen until the VM is deleted.
+            """)
+    @OptionGroup var target: VMTarget
+    @Flag(help: "Print one JSON object a line.") var json = false
+    @Flag(help: "Keep printing new events until the VM is deleted (Ctrl-C ends it).") var follow = false
+
+    func run() async throws {
+        let n = try parseName(target.name)
+        let manager = target.global.manager
+        var offset = 0
+        while true {
+            let page: (events: [VMEvent], next: Int)
+            do {
+                page = try await manager.events(n, from: offset)
+            } catch let e as PlasmaError where e.code == .notFound && offset > 0 {
+                return  // deleted while followed
+            }
+            for e in page.events { print(json ? e.json : Self.text(e)) }
+            fflush(nil)
+            offset = page.next
+            if !follow { return }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+    }
+
+    /// "TIME KIND STATE key=value…" from the JSON entry.
+    static func text(_ e: VMEvent) -> String {
+        guard let obj = (try? JSONSerialization.jsonObject(with: Data(e.json.utf8))) as? [String: Any] else { return e.json }
+        let time = obj["time"] as? String ?? "\(e.unixNanos)"
+        var parts = [time, e.kind, e.state?.rawValue ?? "-"]
+        for key in obj.keys.sorted() where !["time", "unix_nanos", "kind", "state"].contains(key) {
+            let v = obj[key]!
+            if let s = v as? String { parts.append("\(key)=\(s)") }
+            else if let d = try? JSONSerialization.data(withJSONObject: v, options: [.sortedKeys, .fragmentsAllowed]) {
+                parts.append("\(key)=\(String(decoding: d, as: UTF8.self))")
+            }
+        }
+        return parts.joined(separator: " ")
     }
 }
 

@@ -71,7 +71,8 @@ struct KVMIntegrationTests {
             #expect(try await m.start(n).state == .running)
             #expect(try await m.status(n).state == .running)
             try await m.kill(n)
-            #expect(try await m.status(n) == VMStatus(state: .stopped, reason: "killed", accel: "tcg"))
+            #expect(try await m.status(n) == VMStatus(state: .stopped, reason: "killed by plasmavmc kill (SIGKILL)",
+                                                      reasonCode: .killed, accel: "tcg"))
 
             try await m.delete(n)
             #expect(!FileManager.default.fileExists(atPath: paths.directory))
@@ -101,7 +102,8 @@ struct KVMIntegrationTests {
             _ = try await m.create(try guestSpec("panic", append: "quiet plasma.panic=now"))
             _ = try await m.start(n)
             let s = try await waitForState(m, n, .crashed)
-            #expect(s.reason == "guest-panicked")
+            #expect(s.reasonCode == .guestPanicked)
+            #expect(s.reason == "the guest panicked")
             #expect(s.pid != nil)
             await #expect {
                 try await m.delete(n)
@@ -116,7 +118,8 @@ struct KVMIntegrationTests {
             _ = try await m.create(try guestSpec("off", append: "quiet plasma.poweroff=now"))
             _ = try await m.start(n)
             let s = try await waitForState(m, n, .stopped)
-            #expect(s.reason?.contains("exited cleanly") == true)
+            #expect(s.reasonCode == .guestShutdown, "\(s)")
+            #expect(s.reason?.contains("the guest shut down") == true, "\(s)")
             // A second manager (as another process would) derives the same state from the folder.
             let other = VMManager(hypervisor: KVMHypervisor(root: root))
             #expect(try await other.status(n).state == .stopped)
@@ -132,7 +135,8 @@ struct KVMIntegrationTests {
             kill(running.pid!, SIGKILL)
             let s = try await waitForState(m, n, .crashed, timeout: .seconds(10))
             #expect(s.pid == nil)
-            #expect(s.reason?.contains("SIGKILL") == true || s.reason?.contains("killed") == true)
+            #expect(s.reasonCode == .killed)
+            #expect(s.reason == "killed by SIGKILL from outside plasmavmc")
             try await m.delete(n)
         }
     }
@@ -282,7 +286,7 @@ struct KVMIntegrationTests {
         defer { tmp.remove() }
         let fake = try writeScript(tmp.path, "qemu", silentQMPScript)
         try await withManager(qemu: fake) { (m: VMManager, _: RuntimeRoot) async throws in
-            await expectFailure(.launchFailed, containing: "monitor did not work") {
+            await expectFailure(.launchFailed, containing: "QEMU's monitor did not greet within 5 s") {
                 _ = try await m.create(try guestSpec("mute"))
             }
         }

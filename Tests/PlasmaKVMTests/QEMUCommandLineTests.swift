@@ -28,8 +28,9 @@ struct QEMUCommandLineTests {
         #expect(value(a, "-smp") == "2")
         #expect(value(a, "-accel") == "tcg")
         #expect(value(a, "-chardev") == "socket,id=qmp,path=/run/p,,v/web/qmp.sock,server=on,wait=off")
-        #expect(value(a, "-chardev", 1) == "socket,id=qmp2,path=/run/p,,v/web/qmp2.sock,server=on,wait=off")
-        #expect(value(a, "-chardev", 2) == "socket,id=serial0,path=/run/p,,v/web/console.sock,server=on,wait=off,logfile=/run/p,,v/web/console.log,logappend=on")
+        #expect(value(a, "-chardev", 1) == "socket,id=qmpsup,path=/run/p,,v/web/qmp-sup.sock,server=on,wait=off")
+        #expect(value(a, "-chardev", 2) == "socket,id=serial0,path=/run/p,,v/web/serial.sock,server=on,wait=off",
+                "no logfile: the supervisor writes the capped console log")
         #expect(value(a, "-pidfile") == "/run/p,v/web/qemu.pid")
         #expect(value(a, "-action") == "panic=pause")
         #expect(!a.contains("-daemonize") && !a.contains("-no-shutdown"))

@@ -21,7 +21,7 @@ assert(v:console_log():find("PLASMAVMC-GUEST-READY", 1, true))
 local step = v:stop { timeout = 30 }
 assert(step == "powerdown", step)
 local state, reason = v:status()
-assert(state == "stopped" and reason == "stopped (powerdown)", state .. " " .. tostring(reason))
+assert(state == "stopped" and reason == "stopped by plasmavmc stop (step: powerdown)", state .. " " .. tostring(reason))
 v:start()
 v:kill()
 assert(v:status() == "stopped")

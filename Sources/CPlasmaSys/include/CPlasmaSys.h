@@ -11,9 +11,13 @@
 int plasma_spawn(const char *path, char *const argv[], int stdin_fd, int stdout_fd,
                  int stderr_fd, int new_session, pid_t *pid);
 
-/// Connects a new SOCK_STREAM unix socket (close-on-exec) to `path`.
-/// Returns the fd, or -errno. -ENAMETOOLONG when the path does not fit sun_path.
+/// Connects a new SOCK_STREAM unix socket (close-on-exec, blocking) to `path`, giving up after
+/// 2 s when the server does not accept (a full backlog). Returns the fd, or -errno:
+/// -ENAMETOOLONG when the path does not fit sun_path, -ETIMEDOUT past the deadline.
 int plasma_unix_connect(const char *path);
+
+/// plasma_unix_connect with its own deadline in milliseconds.
+int plasma_unix_connect_timeout(const char *path, int timeout_ms);
 
 /// Creates a listening unix socket at `path` (for test servers). Returns fd or -errno.
 int plasma_unix_listen(const char *path, int backlog);
