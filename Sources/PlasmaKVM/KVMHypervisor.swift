@@ -75,7 +75,7 @@ public struct KVMHypervisor: Hypervisor {
         do {
             let lock = try await VMLock.acquire(path: paths.lock, vm: spec.name, timeout: .seconds(1))
             try RecordFile.write(spec, to: paths.spec)
-            EventLog.append(paths.events, kind: "create", state: nil)
+            EventLog.append(paths.events, kind: "create", state: .created)
             let status = try await launch(spec, paths: paths, qemu: qemu, supervisor: supervisor)
             withExtendedLifetime(lock) {}
             return status
@@ -101,7 +101,7 @@ public struct KVMHypervisor: Hypervisor {
             throw PlasmaError(.internal, "vm '\(name)': its spec.json is unreadable; delete the vm and create it again")
         }
         try checkHost(spec)
-        EventLog.append(paths.events, kind: "relaunch", state: nil)
+        EventLog.append(paths.events, kind: "relaunch", state: .created)
         let created = try await launch(spec, paths: paths, qemu: try Self.findQEMU(explicit: qemuBinary),
                                        supervisor: try Supervisor.find())
         guard let pid = created.pid, let process = ProcessIdentity.of(pid: pid) else {
@@ -210,7 +210,7 @@ public struct KVMHypervisor: Hypervisor {
             }
         }
         recordBestEffort(paths, "kill", step: nil)
-        EventLog.append(paths.events, kind: "kill-requested", state: nil, details: ["supervisor": "lost"])
+        EventLog.append(paths.events, kind: "kill-requested", state: .running, details: ["supervisor": "lost"])
         id.qemu.signal(SIGKILL)
         guard try await id.qemu.waitForExit(timeout: .seconds(5)) else {
             throw PlasmaError(.internal, "vm '\(name)': QEMU (pid \(id.qemu.pid)) survived SIGKILL; it may be stuck in the kernel")
@@ -463,11 +463,11 @@ public struct KVMHypervisor: Hypervisor {
         let begin = clock.now
         let process = id.qemu
         recordBestEffort(paths, "stop", step: nil)
-        EventLog.append(paths.events, kind: "stop-requested", state: nil, details: ["supervisor": "lost"])
+        EventLog.append(paths.events, kind: "stop-requested", state: .running, details: ["supervisor": "lost", "timeout_ms": String(timeout.milliseconds)])
         let forceBudget = min(.seconds(6), timeout / 2)
         let gracefulEnd = begin + (timeout - forceBudget)
         var step: StopStep?
-        func note(_ s: StopStep) { EventLog.append(paths.events, kind: "stop-step", state: nil, details: ["step": s.rawValue]) }
+        func note(_ s: StopStep) { EventLog.append(paths.events, kind: "stop-step", state: .running, details: ["step": s.rawValue]) }
         if !process.isStopped, clock.now < gracefulEnd {
             note(.powerdown)
             while step == nil, clock.now < gracefulEnd {

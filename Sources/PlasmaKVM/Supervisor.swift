@@ -172,13 +172,12 @@ extension Duration {
 /// writes only while no supervisor runs: before launch, or once it is lost). One write, so
 /// lines never interleave; a full disk loses the line, never the operation.
 enum EventLog {
-    static func append(_ path: String, kind: String, state: VMState?, details: [String: String] = [:]) {
+    static func append(_ path: String, kind: String, state: VMState, details: [String: String] = [:]) {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
         let nanos = Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
         let date = Date(timeIntervalSince1970: Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9)
-        var object: [String: Any] = ["time": isoTime(date), "unix_nanos": nanos, "kind": kind]
-        if let state { object["state"] = state.rawValue }
+        var object: [String: Any] = ["time": isoTime(date), "unix_nanos": nanos, "kind": kind, "state": state.rawValue]
         for (k, v) in details { object[k] = v }
         guard var data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
         data.append(0x0a)

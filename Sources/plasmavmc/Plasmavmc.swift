@@ -30,6 +30,7 @@ struct Main {
     static func main() async {
         do {
             var command = try Plasmavmc.parseAsRoot()
+            _ = try GlobalOptions.consoleLogMax()
             if var command = command as? any AsyncParsableCommand {
                 try await command.run()
             } else {
@@ -77,11 +78,8 @@ struct GlobalOptions: ParsableArguments {
     var root: RuntimeRoot { RuntimeRoot.resolve(explicit: runtimeDir) }
 
     var manager: VMManager {
+        // Checked in main before any command runs.
         VMManager(hypervisor: KVMHypervisor(root: root, consoleLogMax: try? Self.consoleLogMax()))
-    }
-
-    func validate() throws {
-        _ = try Self.consoleLogMax()
     }
 
     /// `PLASMAVMC_CONSOLE_LOG_MAX`: bytes per console log file (default 8 MiB, two are kept).
