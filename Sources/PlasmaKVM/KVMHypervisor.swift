@@ -126,7 +126,7 @@ public struct KVMHypervisor: Hypervisor {
         }
         if id.qemu.isAlive {
             var status: VMStatus
-            if let sup = id.supervisor, sup.isAlive,
+            if id.supervisorAnswers,
                let reply = try? await askStatus(paths, timeout: .milliseconds(800)) {
                 status = Self.map(runState: reply.runstate, pid: id.qemu.pid, accel: id.accel)
             } else if id.supervisor?.isAlive == true {
@@ -171,7 +171,7 @@ public struct KVMHypervisor: Hypervisor {
             recordBestEffort(paths, "stop", step: .alreadyGone)
             return StopOutcome(step: .alreadyGone, elapsed: clock.now - begin)
         }
-        if let sup = id.supervisor, sup.isAlive {
+        if id.supervisorAnswers {
             do {
                 let text = try await Supervisor.request(paths.supervisorSocket, "stop \(timeout.milliseconds)",
                                                         timeout: timeout + .seconds(8))
@@ -199,7 +199,7 @@ public struct KVMHypervisor: Hypervisor {
             recordBestEffort(paths, "kill", step: nil)
             return
         }
-        if let sup = id.supervisor, sup.isAlive {
+        if id.supervisorAnswers {
             do {
                 _ = try await Supervisor.request(paths.supervisorSocket, "kill", timeout: .seconds(6))
                 if try await id.qemu.waitForExit(timeout: .seconds(1)) { return }
@@ -388,6 +388,13 @@ public struct KVMHypervisor: Hypervisor {
         var qemu: ProcessIdentity
         var supervisor: ProcessIdentity?
         var accel: String?
+
+        /// The supervisor lives and is not stopped by a signal (then it would answer nothing,
+        /// and stop and kill act on QEMU by pid instead of waiting for it).
+        var supervisorAnswers: Bool {
+            guard let supervisor else { return false }
+            return supervisor.isAlive && !supervisor.isStopped
+        }
     }
 
     /// Which QEMU and supervisor are this VM's: from launch.json; when that is missing or

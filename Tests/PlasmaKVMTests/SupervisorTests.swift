@@ -120,6 +120,32 @@ struct SupervisorTests {
         }
     }
 
+    @Test func qemuAbortingIsQemuCrashed() async throws {
+        try await withManager { m, root in
+            let n = try await boot(m, root, "abrt")
+            kill(try #require(try await m.status(n).pid), SIGABRT)
+            let s = try await waitFor(m, n) { $0.pid == nil }
+            #expect(s.state == .crashed && s.reasonCode == .qemuCrashed && s.reason == "QEMU crashed (SIGABRT)", "\(s)")
+            try await m.delete(n)
+        }
+    }
+
+    @Test func stoppedSupervisorDoesNotHoldUpStopOrKill() async throws {
+        try await withManager { m, root in
+            let n = try await boot(m, root, "frozen")
+            let sup = try supervisorPID(root, n)
+            kill(sup, SIGSTOP)
+            defer { kill(sup, SIGKILL) }
+            let clock = ContinuousClock()
+            let t0 = clock.now
+            #expect(try await m.status(n).state == .running)
+            #expect(try await m.stop(n, timeout: .seconds(10)).step == .powerdown)
+            #expect(clock.now - t0 < .seconds(10), "stop went by pid, not through the frozen supervisor")
+            kill(sup, SIGKILL)
+            try await m.delete(n)
+        }
+    }
+
     @Test func stopAndKillByPlasmavmcAreStopAndKilledWithTheirSteps() async throws {
         try await withManager { m, root in
             let n = try await boot(m, root, "sp")
