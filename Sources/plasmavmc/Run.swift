@@ -25,6 +25,14 @@ struct Run: AsyncParsableCommand {
 
     enum CodingKeys: String, CodingKey { case global, e, timeout, keepOnFailure, plan }
 
+    /// The plan's arguments are captured as they come, so `run --help` would name a plan
+    /// called "--help": in the plan's place it asks for help (after the plan it is the plan's).
+    func validate() throws {
+        if e == nil, let first = plan.first, first == "--help" || first == "-h" {
+            throw CleanExit.helpRequest(Run.self)
+        }
+    }
+
     func run() async throws {
         var limit: Duration?
         if let timeout {

@@ -1,0 +1,158 @@
+import Foundation
+import PlasmaTestSupport
+import Testing
+
+/// What a program printed and how it ended.
+struct Ran {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+}
+
+struct ProgramTimedOut: Error, CustomStringConvertible {
+    var description: String
+}
+
+/// Runs `program ARGS` in `directory` with the test's environment plus `env`, minus `unset`;
+/// output goes to files (a pipe nobody drains could block it). Fails after `timeout`.
+func runProgram(_ program: String, _ args: [String], in directory: String, env: [String: String] = [:],
+                unset: [String] = [], timeout: Duration = .seconds(120)) async throws -> Ran {
+    let tmp = try TempDir(prefix: "prog")
+    defer { tmp.remove() }
+    let outPath = tmp.path + "/out", errPath = tmp.path + "/err"
+    _ = FileManager.default.createFile(atPath: outPath, contents: nil)
+    _ = FileManager.default.createFile(atPath: errPath, contents: nil)
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: program)
+    p.arguments = args
+    p.currentDirectoryURL = URL(fileURLWithPath: directory)
+    var environment = ProcessInfo.processInfo.environment
+    for name in unset { environment[name] = nil }
+    for (k, v) in env { environment[k] = v }
+    p.environment = environment
+    p.standardInput = FileHandle.nullDevice
+    p.standardOutput = FileHandle(forWritingAtPath: outPath)
+    p.standardError = FileHandle(forWritingAtPath: errPath)
+    try p.run()
+    let clock = ContinuousClock()
+    let deadline = clock.now + timeout
+    while p.isRunning {
+        if clock.now >= deadline {
+            kill(p.processIdentifier, SIGKILL)
+            p.waitUntilExit()
+            throw ProgramTimedOut(description: "\(program) \(args) did not end within \(timeout)")
+        }
+        try await Task.sleep(for: .milliseconds(10))
+    }
+    func text(_ path: String) -> String {
+        String(decoding: FileManager.default.contents(atPath: path) ?? Data(), as: UTF8.self)
+    }
+    return Ran(status: p.terminationStatus, stdout: text(outPath), stderr: text(errPath))
+}
+
+/// The conventions users expect of a CLI: version, help, shell completions, installation.
+@Suite("CLI conventions", .serialized)
+struct ConventionsTests {
+    let base = CLITests()
+
+    @Test func versionFlagAndVerbPrintTheSameVersion() async throws {
+        try await base.withCLI { (cli: CLIRunner, _: TestRuntime) async throws in
+            let flag = try await cli.run("--version")
+            #expect(flag.status == 0, "\(flag.stderr)")
+            #expect(flag.stdout.wholeMatch(of: /plasmavmc \d+\.\d+\.\d+\S*\n/) != nil, "\(flag.stdout)")
+            let verb = try await cli.run("version")
+            #expect(verb.status == 0, "\(verb.stderr)")
+            #expect(verb.stdout == flag.stdout)
+        }
+    }
+
+    @Test(arguments: [["run", "--help"], ["run", "-h"], ["run", "--timeout", "5", "--help"],
+                      ["test", "--help"], ["test", "-h"]])
+    func helpOfRunAndTest(_ args: [String]) async throws {
+        try await base.withCLI { (cli: CLIRunner, _: TestRuntime) async throws in
+            let r = try await cli.run(args)
+            #expect(r.status == 0, "\(r.stderr)")
+            #expect(r.stderr.isEmpty, "\(r.stderr)")
+            #expect(r.stdout.contains("USAGE: plasmavmc \(args[0])"), "\(r.stdout)")
+            #expect(r.stdout.contains("--timeout"))
+        }
+    }
+
+    @Test func helpAfterThePlanFileIsThePlansArgument() async throws {
+        let dir = try TempDir(prefix: "hlp")
+        defer { dir.remove() }
+        try "print(select('#', ...), ...)\n".write(toFile: dir.path + "/args.lua", atomically: true, encoding: .utf8)
+        try await base.withCLI { (cli: CLIRunner, _: TestRuntime) async throws in
+            let r = try await cli.run(["run", dir.path + "/args.lua", "--help", "-h"])
+            #expect(r.status == 0, "\(r.stderr)")
+            #expect(r.stdout == "2\t--help\t-h\n")
+            let e = try await cli.run(["run", "-e", "print(...)", "--help"])
+            #expect(e.status == 0, "\(e.stderr)")
+            #expect(e.stdout == "--help\n")
+        }
+    }
+
+    // MARK: completions
+
+    @Test func completionScriptsForEveryShell() async throws {
+        try await base.withCLI { (cli: CLIRunner, _: TestRuntime) async throws in
+            let bash = try await cli.run("completion", "bash")
+            #expect(bash.status == 0, "\(bash.stderr)")
+            #expect(bash.stdout.contains("complete -o filenames -F _plasmavmc plasmavmc"), "\(bash.stdout.prefix(300))")
+            let zsh = try await cli.run("completion", "zsh")
+            #expect(zsh.status == 0, "\(zsh.stderr)")
+            #expect(zsh.stdout.hasPrefix("#compdef plasmavmc"), "\(zsh.stdout.prefix(300))")
+            let fish = try await cli.run("completion", "fish")
+            #expect(fish.status == 0, "\(fish.stderr)")
+            #expect(fish.stdout.contains("complete -c 'plasmavmc'") || fish.stdout.contains("complete -c plasmavmc"),
+                    "\(fish.stdout.prefix(300))")
+            for script in [bash.stdout, zsh.stdout, fish.stdout] {
+                for verb in ["run", "test", "console", "completion", "version", "status"] {
+                    #expect(script.contains(verb), "completion script lacks \(verb)")
+                }
+            }
+        }
+    }
+
+    /// Sources the bash script in a real bash and asks it to complete partial command lines.
+    @Test func bashCompletionCompletesVerbsAndShells() async throws {
+        let dir = try TempDir(prefix: "cmp")
+        defer { dir.remove() }
+        try await base.withCLI { (cli: CLIRunner, _: TestRuntime) async throws in
+            let script = try await cli.run("completion", "bash")
+            try script.stdout.write(toFile: dir.path + "/plasmavmc.bash", atomically: true, encoding: .utf8)
+        }
+        func complete(_ words: [String]) async throws -> [String] {
+            let quoted = words.map { "'\($0)'" }.joined(separator: " ")
+            let line = words.joined(separator: " ")
+            let program = """
+                source plasmavmc.bash
+                COMP_WORDS=(\(quoted)); COMP_CWORD=\(words.count - 1)
+                COMP_LINE='\(line)'; COMP_POINT=${#COMP_LINE}
+                _plasmavmc plasmavmc '\(words.last!)' '\(words[words.count - 2])'
+                printf '%s\\n' "${COMPREPLY[@]}"
+                """
+            let r = try await runProgram("/bin/bash", ["-c", program], in: dir.path,
+                                         env: ["PATH": URL(fileURLWithPath: CLIRunner.executable).deletingLastPathComponent().path
+                                               + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin")])
+            #expect(r.status == 0, "\(r.stderr)")
+            return r.stdout.split(separator: "\n").map(String.init).sorted()
+        }
+        #expect(try await complete(["plasmavmc", "st"]) == ["start", "status", "stop"])
+        #expect(try await complete(["plasmavmc", "comp"]) == ["completion"])
+        #expect(try await complete(["plasmavmc", "completion", ""]) == ["bash", "fish", "zsh"])
+        #expect(try await complete(["plasmavmc", "test", "--ju"]) == ["--junit"])
+    }
+
+    @Test(arguments: [["completion", "tcsh"], ["completion"], ["completion", "bash", "zsh"]])
+    func badCompletionShellIsExit2(_ args: [String]) async throws {
+        try await base.withCLI { (cli: CLIRunner, _: TestRuntime) async throws in
+            let r = try await cli.run(args)
+            #expect(r.status == 2, "\(r.stderr)")
+            #expect(r.stdout.isEmpty)
+            if args.count == 2 {
+                #expect(r.errorLine == "plasmavmc: error: completion shell must be bash, zsh or fish, got \"tcsh\"", "\(r.stderr)")
+            }
+        }
+    }
+}
