@@ -138,16 +138,21 @@ struct TestCommand: AsyncParsableCommand {
         discussion: """
             Prints TAP with a closing "N passed, N failed" line; exits 1 when a case failed, \
             2 when a path does not exist. VMs created in a case are removed when it ends; the \
-            console logs of a failed case's VMs are saved under plasmavmc-test-artifacts/.
+            console logs of a failed case's VMs are saved under plasmavmc-test-artifacts/. \
+            With --shard K/N (for CI jobs fanned out over machines) it runs the K-th of N \
+            disjoint, stable parts of the test files, split by file and balanced by count; a \
+            part with no files runs nothing and exits 0.
             """)
 
     @OptionGroup var global: GlobalOptions
-    @Option(help: "Also write JUnit XML to this file.") var junit: String?
+    @Option(help: "Also write JUnit XML to this file; {shard} in it becomes K of --shard K/N.") var junit: String?
     @Option(help: "Run only cases whose name matches this Lua pattern.") var filter: String?
     @Option(parsing: .unconditional, help: "Seconds the whole run may take.") var timeout: String?
+    @Option(parsing: .unconditional, help: "Run only the K-th of N parts of the test files, e.g. 2/3.") var shard: String?
     @Argument(help: "Test files or folders.") var paths: [String]
 
     func run() async throws {
+        let part = try shard.map(TestShard.init(parsing:)) ?? .whole
         var files: [String] = []
         let fm = FileManager.default
         for path in paths {
@@ -167,8 +172,17 @@ struct TestCommand: AsyncParsableCommand {
         guard let stdlib = Stdlib.path else {
             throw PlasmaError(.unavailable, "cannot find the Lua stdlib (stdlib/plasma); set PLASMAVMC_STDLIB")
         }
-        if let junit { setenv("PLASMAVMC_JUNIT", absolutePath(junit), 1) }
+        if let junit {
+            let file = junit.replacingOccurrences(of: "{shard}", with: String(part.index))
+            setenv("PLASMAVMC_JUNIT", absolutePath(file), 1)
+        }
         if let filter { setenv("PLASMAVMC_TEST_FILTER", filter, 1) }
+        // testmain reports the shard; it never reads a shard from the caller's environment.
+        unsetenv("PLASMAVMC_TEST_SHARD")
+        if shard != nil {
+            setenv("PLASMAVMC_TEST_SHARD", "\(part.description) \(files.count)", 1)
+            files = part.select(files)
+        }
         var run = try Run.parse([stdlib + "/plasma/testmain.lua"] + files)
         run.global = global
         run.timeout = timeout

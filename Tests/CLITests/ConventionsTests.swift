@@ -1,4 +1,5 @@
 import Foundation
+import FoundationXML
 import PlasmaTestSupport
 import Testing
 
@@ -141,7 +142,7 @@ struct ConventionsTests {
         #expect(try await complete(["plasmavmc", "st"]) == ["start", "status", "stop"])
         #expect(try await complete(["plasmavmc", "comp"]) == ["completion"])
         #expect(try await complete(["plasmavmc", "completion", ""]) == ["bash", "fish", "zsh"])
-        #expect(try await complete(["plasmavmc", "test", "--ju"]) == ["--junit"])
+        #expect(try await complete(["plasmavmc", "test", "--sh"]) == ["--shard"])
     }
 
     @Test(arguments: [["completion", "tcsh"], ["completion"], ["completion", "bash", "zsh"]])
@@ -153,6 +154,92 @@ struct ConventionsTests {
             if args.count == 2 {
                 #expect(r.errorLine == "plasmavmc: error: completion shell must be bash, zsh or fish, got \"tcsh\"", "\(r.stderr)")
             }
+        }
+    }
+
+    // MARK: test sharding
+
+    /// A folder of `count` test files, each with one passing case and no VM.
+    func testFolder(_ count: Int) throws -> TempDir {
+        let dir = try TempDir(prefix: "shd")
+        for i in 0..<count {
+            let name = String(UnicodeScalar(UInt8(97 + i))) + "_test.lua"
+            try "local test = require \"plasma.test\"\ntest.case(\"passes\", function(t) t:ok(true) end)\n"
+                .write(toFile: dir.path + "/" + name, atomically: true, encoding: .utf8)
+        }
+        // Not a test file: a folder stands only for its *_test.lua files.
+        try "error('helper must not run')\n".write(toFile: dir.path + "/helper.lua", atomically: true, encoding: .utf8)
+        return dir
+    }
+
+    /// The files a `plasmavmc test` run ran, from its TAP lines.
+    func filesRun(_ tap: String) -> [String] {
+        tap.split(separator: "\n").compactMap { line in
+            line.wholeMatch(of: /ok \d+ - ([a-z]_test\.lua): passes/).map { String($0.1) }
+        }
+    }
+
+    @Test func shardsPartitionAFolderDisjointStableAndBalanced() async throws {
+        let dir = try testFolder(7)
+        defer { dir.remove() }
+        let reports = try TempDir(prefix: "jun")
+        defer { reports.remove() }
+        try await base.withCLI { (cli: CLIRunner, _: TestRuntime) async throws in
+            var shards: [[String]] = []
+            for k in 1...3 {
+                let r = try await cli.run(["test", "--shard", "\(k)/3", "--junit", reports.path + "/junit-{shard}.xml", dir.path])
+                #expect(r.status == 0, "\(r.stdout)\(r.stderr)")
+                let files = filesRun(r.stdout)
+                #expect(r.stdout.hasPrefix("TAP version 14\n# shard \(k)/3: \(files.count) of 7 test files\n"), "\(r.stdout)")
+                #expect(r.stdout.hasSuffix("1..\(files.count)\n\(files.count) passed, 0 failed\n"), "\(r.stdout)")
+                let again = try await cli.run(["test", "--shard", "\(k)/3", dir.path])
+                #expect(filesRun(again.stdout) == files, "shard \(k)/3 is stable across runs")
+                let xml = try XMLDocument(contentsOf: URL(fileURLWithPath: reports.path + "/junit-\(k).xml"))
+                #expect(try xml.nodes(forXPath: "//testcase").count == files.count)
+                shards.append(files)
+            }
+            let all = shards.flatMap { $0 }
+            #expect(all.sorted() == ["a", "b", "c", "d", "e", "f", "g"].map { $0 + "_test.lua" }, "union is every file, once: \(shards)")
+            #expect(Set(all).count == all.count, "disjoint: \(shards)")
+            let sizes = shards.map(\.count)
+            #expect(sizes.max()! - sizes.min()! <= 1, "balanced by count: \(sizes)")
+            let whole = try await cli.run(["test", "--shard", "1/1", dir.path])
+            #expect(filesRun(whole.stdout).count == 7)
+        }
+    }
+
+    @Test func anEmptyShardRunsNothingAndSaysSo() async throws {
+        let dir = try testFolder(2)
+        defer { dir.remove() }
+        try await base.withCLI { (cli: CLIRunner, _: TestRuntime) async throws in
+            var ran: [String] = []
+            for k in 1...3 {
+                let junit = dir.path + "/shard\(k).xml"
+                let r = try await cli.run(["test", "--shard", "\(k)/3", "--junit", junit, dir.path])
+                #expect(r.status == 0, "\(r.stdout)\(r.stderr)")
+                ran += filesRun(r.stdout)
+                #expect(FileManager.default.fileExists(atPath: junit))
+                if k == 3 {
+                    #expect(r.stdout == "TAP version 14\n# shard 3/3: no test files (2 test files in 3 shards)\n1..0\n0 passed, 0 failed\n")
+                    let xml = try XMLDocument(contentsOf: URL(fileURLWithPath: junit))
+                    #expect(try xml.nodes(forXPath: "/testsuites").count == 1)
+                    #expect(try xml.nodes(forXPath: "//testcase").isEmpty)
+                }
+            }
+            #expect(ran.sorted() == ["a_test.lua", "b_test.lua"])
+        }
+    }
+
+    @Test(arguments: ["0/3", "4/3", "3/0", "-1/2", "a/b", "1/1e300", "", "1/99999999999999999999", "1", "1/2/3", " 1/2", "1/-2", "+1/2"])
+    func badShardIsExit2BeforeAnythingRuns(_ shard: String) async throws {
+        let dir = try testFolder(2)
+        defer { dir.remove() }
+        try await base.withCLI { (cli: CLIRunner, _: TestRuntime) async throws in
+            let r = try await cli.run(["test", "--shard", shard, dir.path])
+            #expect(r.status == 2, "\(r.stdout)\(r.stderr)")
+            #expect(r.stdout.isEmpty, "\(r.stdout)")
+            #expect(r.errorLine.hasPrefix("plasmavmc: error: --shard must be K/N"), "\(r.stderr)")
+            #expect(r.errorLine.hasSuffix("got \"\(shard)\""), "\(r.stderr)")
         }
     }
 }
