@@ -110,24 +110,36 @@ final class SignalForwarder {
     }
 }
 
-/// Where the Lua standard library (stdlib/) is: PLASMAVMC_STDLIB, else a stdlib/ folder
-/// beside the executable or up to five folders above it (a build tree), else the system's.
+/// Where the Lua standard library (stdlib/) is: PLASMAVMC_STDLIB; else, from the folder of
+/// the real executable (symlinks resolved), `../share/plasmavmc/stdlib` (scripts/install.sh's
+/// layout: PREFIX/bin/plasmavmc, PREFIX/share/plasmavmc/stdlib), or a stdlib/ folder beside it
+/// or up to five folders above it (a build tree, .build/debug/plasmavmc); else the system's.
 enum Stdlib {
     static var path: String? {
         let fm = FileManager.default
         if let env = ProcessInfo.processInfo.environment["PLASMAVMC_STDLIB"], !env.isEmpty { return env }
-        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
-        if !CommandLine.arguments[0].contains("/"),
-           let exe = try? fm.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
-            dir = URL(fileURLWithPath: exe).deletingLastPathComponent()
+        func holdsStdlib(_ dir: URL) -> Bool {
+            fm.fileExists(atPath: dir.appendingPathComponent("plasma/test.lua").path)
         }
+        let exeDir = executable.deletingLastPathComponent()
+        let installed = exeDir.deletingLastPathComponent().appendingPathComponent("share/plasmavmc/stdlib")
+        if holdsStdlib(installed) { return installed.standardizedFileURL.path }
+        var dir = exeDir
         for _ in 0..<6 {
             let candidate = dir.appendingPathComponent("stdlib")
-            if fm.fileExists(atPath: candidate.appendingPathComponent("plasma").path) { return candidate.path }
+            if holdsStdlib(candidate) { return candidate.path }
             dir.deleteLastPathComponent()
         }
         let system = "/usr/share/plasmavmc/stdlib"
         return fm.fileExists(atPath: system) ? system : nil
+    }
+
+    /// The running executable: /proc/self/exe, else argv[0] with its symlinks resolved.
+    private static var executable: URL {
+        if let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
+            return URL(fileURLWithPath: exe)
+        }
+        return URL(fileURLWithPath: absolutePath(CommandLine.arguments[0])).resolvingSymlinksInPath()
     }
 }
 
@@ -170,7 +182,7 @@ struct TestCommand: AsyncParsableCommand {
             files += found.map { (path as NSString).appendingPathComponent($0) }
         }
         guard let stdlib = Stdlib.path else {
-            throw PlasmaError(.unavailable, "cannot find the Lua stdlib (stdlib/plasma); set PLASMAVMC_STDLIB")
+            throw PlasmaError(.unavailable, "cannot find the Lua stdlib (PREFIX/share/plasmavmc/stdlib beside PREFIX/bin/plasmavmc); install with scripts/install.sh or set PLASMAVMC_STDLIB")
         }
         if let junit {
             let file = junit.replacingOccurrences(of: "{shard}", with: String(part.index))

@@ -242,4 +242,72 @@ struct ConventionsTests {
             #expect(r.errorLine.hasSuffix("got \"\(shard)\""), "\(r.stderr)")
         }
     }
+
+    // MARK: installation
+
+    /// scripts/install.sh over an existing build: the installed binary runs from elsewhere,
+    /// finds its stdlib under PREFIX/share and installs the helper executables it finds.
+    @Test func installScriptInstallsARunnableBinaryAndItsStdlib() async throws {
+        let work = try TempDir(prefix: "ins")
+        defer { work.remove() }
+        let prefix = work.path + "/prefix", bin = work.path + "/bin", elsewhere = work.path + "/elsewhere"
+        for d in [bin, elsewhere] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
+        try FileManager.default.createSymbolicLink(atPath: bin + "/plasmavmc", withDestinationPath: CLIRunner.executable)
+        _ = try writeScript(bin, "plasmavmc-supervisor", "#!/bin/sh\necho supervisor\n")
+        let install = TestGuest.repoRoot + "/scripts/install.sh"
+
+        let r = try await runProgram(install, ["--prefix", prefix, "--bin-dir", bin], in: TestGuest.repoRoot)
+        #expect(r.status == 0, "\(r.stdout)\(r.stderr)")
+        let fm = FileManager.default
+        #expect(fm.isExecutableFile(atPath: prefix + "/bin/plasmavmc"))
+        #expect(try fm.attributesOfItem(atPath: prefix + "/bin/plasmavmc")[.type] as? FileAttributeType == .typeRegular,
+                "a copy, not a link into the build tree")
+        #expect(fm.isExecutableFile(atPath: prefix + "/bin/plasmavmc-supervisor"))
+        #expect(fm.fileExists(atPath: prefix + "/share/plasmavmc/stdlib/plasma/test.lua"))
+        #expect(fm.fileExists(atPath: prefix + "/share/plasmavmc/stdlib/plasma/testmain.lua"))
+        #expect(fm.fileExists(atPath: prefix + "/share/bash-completion/completions/plasmavmc"))
+        #expect(fm.fileExists(atPath: prefix + "/share/zsh/site-functions/_plasmavmc"))
+        #expect(fm.fileExists(atPath: prefix + "/share/fish/vendor_completions.d/plasmavmc.fish"))
+
+        let installed = prefix + "/bin/plasmavmc"
+        let env = ["PLASMAVMC_RUNTIME_DIR": work.path + "/rt"]
+        let version = try await runProgram(installed, ["--version"], in: elsewhere, env: env, unset: ["PLASMAVMC_STDLIB"])
+        #expect(version.status == 0, "\(version.stderr)")
+        #expect(version.stdout.hasPrefix("plasmavmc "))
+
+        try """
+            local test = require "plasma.test"
+            test.case("installed", function(t) t:eq(1 + 1, 2) end)
+            return test.run()
+            """.write(toFile: elsewhere + "/plan.lua", atomically: true, encoding: .utf8)
+        try FileManager.default.copyItem(atPath: elsewhere + "/plan.lua", toPath: elsewhere + "/x_test.lua")
+        let plan = try await runProgram(installed, ["run", "plan.lua"], in: elsewhere, env: env, unset: ["PLASMAVMC_STDLIB"])
+        #expect(plan.status == 0, "\(plan.stdout)\(plan.stderr)")
+        #expect(plan.stdout.hasSuffix("1 passed, 0 failed\n"), "\(plan.stdout)")
+        let test = try await runProgram(installed, ["test", "."], in: elsewhere, env: env, unset: ["PLASMAVMC_STDLIB"])
+        #expect(test.status == 0, "\(test.stdout)\(test.stderr)")
+        #expect(test.stdout.contains("ok 1 - x_test.lua: installed"), "\(test.stdout)")
+
+        // Installing again over the first install works; without the helper only plasmavmc goes in.
+        try fm.removeItem(atPath: bin + "/plasmavmc-supervisor")
+        try fm.removeItem(atPath: prefix + "/bin/plasmavmc-supervisor")
+        let again = try await runProgram(install, ["--prefix", prefix, "--bin-dir", bin], in: TestGuest.repoRoot)
+        #expect(again.status == 0, "\(again.stdout)\(again.stderr)")
+        #expect(!fm.fileExists(atPath: prefix + "/bin/plasmavmc-supervisor"))
+    }
+
+    @Test(arguments: [
+        (["--prefix"], "--prefix needs a folder"),
+        (["--frobnicate"], "unknown option --frobnicate"),
+        (["--bin-dir", "/nonexistent/bin"], "no plasmavmc in /nonexistent/bin"),
+    ])
+    func installScriptRejectsBadUsage(_ args: [String], _ message: String) async throws {
+        let work = try TempDir(prefix: "ins")
+        defer { work.remove() }
+        let r = try await runProgram(TestGuest.repoRoot + "/scripts/install.sh", ["--prefix", work.path + "/p"] + args,
+                                     in: TestGuest.repoRoot)
+        #expect(r.status == 2, "\(r.stdout)\(r.stderr)")
+        #expect(r.stderr.contains(message), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: work.path + "/p/bin"), "nothing installed")
+    }
 }
