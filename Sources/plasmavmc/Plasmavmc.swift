@@ -57,6 +57,12 @@ struct Main {
     }
 }
 
+/// The release of plasmavmc, the one place it is written down (`plasmavmc --version`).
+enum PlasmavmcVersion {
+    static let number = "0.3.0"
+    static var line: String { "plasmavmc \(number)" }
+}
+
 struct Plasmavmc: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "plasmavmc",
@@ -66,8 +72,39 @@ struct Plasmavmc: AsyncParsableCommand {
             3 no such VM, 4 the VM exists or its state forbids the operation, 5 timed out, \
             6 unavailable (QEMU missing, VM busy). `run` has its own (see plasmavmc run --help).
             """,
+        version: PlasmavmcVersion.line,
         subcommands: [Run.self, TestCommand.self, ReplCommand.self, Console.self, Create.self, Start.self, Status.self, Stop.self, Kill.self, Pause.self,
-                      Resume.self, Delete.self, List.self, Logs.self, Events.self])
+                      Resume.self, Delete.self, List.self, Logs.self, Events.self, Version.self, Completion.self])
+}
+
+struct Version: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "version", abstract: "Print the version (as plasmavmc --version does).")
+    func run() {
+        print(PlasmavmcVersion.line)
+    }
+}
+
+struct Completion: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "completion",
+        abstract: "Print a shell completion script: plasmavmc completion bash|zsh|fish.",
+        discussion: """
+            bash: plasmavmc completion bash > ~/.local/share/bash-completion/completions/plasmavmc; \
+            zsh: plasmavmc completion zsh > DIR/_plasmavmc with DIR in $fpath; \
+            fish: plasmavmc completion fish > ~/.config/fish/completions/plasmavmc.fish. \
+            scripts/install.sh installs all three.
+            """)
+
+    @Argument(help: "The shell: bash, zsh or fish.", completion: .list(["bash", "zsh", "fish"]))
+    var shell: String
+
+    func run() throws {
+        guard let kind = CompletionShell(rawValue: shell) else {
+            throw PlasmaError(.invalidArgument, "completion shell must be bash, zsh or fish, got \"\(shell)\"")
+        }
+        print(Plasmavmc.completionScript(for: kind), terminator: "")
+    }
 }
 
 struct GlobalOptions: ParsableArguments {

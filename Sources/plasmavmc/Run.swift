@@ -25,6 +25,14 @@ struct Run: AsyncParsableCommand {
 
     enum CodingKeys: String, CodingKey { case global, e, timeout, keepOnFailure, plan }
 
+    /// The plan's arguments are captured as they come, so `run --help` would name a plan
+    /// called "--help": in the plan's place it asks for help (after the plan it is the plan's).
+    func validate() throws {
+        if e == nil, let first = plan.first, first == "--help" || first == "-h" {
+            throw CleanExit.helpRequest(Run.self)
+        }
+    }
+
     func run() async throws {
         var limit: Duration?
         if let timeout {
@@ -102,24 +110,36 @@ final class SignalForwarder {
     }
 }
 
-/// Where the Lua standard library (stdlib/) is: PLASMAVMC_STDLIB, else a stdlib/ folder
-/// beside the executable or up to five folders above it (a build tree), else the system's.
+/// Where the Lua standard library (stdlib/) is: PLASMAVMC_STDLIB; else, from the folder of
+/// the real executable (symlinks resolved), `../share/plasmavmc/stdlib` (scripts/install.sh's
+/// layout: PREFIX/bin/plasmavmc, PREFIX/share/plasmavmc/stdlib), or a stdlib/ folder beside it
+/// or up to five folders above it (a build tree, .build/debug/plasmavmc); else the system's.
 enum Stdlib {
     static var path: String? {
         let fm = FileManager.default
         if let env = ProcessInfo.processInfo.environment["PLASMAVMC_STDLIB"], !env.isEmpty { return env }
-        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
-        if !CommandLine.arguments[0].contains("/"),
-           let exe = try? fm.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
-            dir = URL(fileURLWithPath: exe).deletingLastPathComponent()
+        func holdsStdlib(_ dir: URL) -> Bool {
+            fm.fileExists(atPath: dir.appendingPathComponent("plasma/test.lua").path)
         }
+        let exeDir = executable.deletingLastPathComponent()
+        let installed = exeDir.deletingLastPathComponent().appendingPathComponent("share/plasmavmc/stdlib")
+        if holdsStdlib(installed) { return installed.standardizedFileURL.path }
+        var dir = exeDir
         for _ in 0..<6 {
             let candidate = dir.appendingPathComponent("stdlib")
-            if fm.fileExists(atPath: candidate.appendingPathComponent("plasma").path) { return candidate.path }
+            if holdsStdlib(candidate) { return candidate.path }
             dir.deleteLastPathComponent()
         }
         let system = "/usr/share/plasmavmc/stdlib"
         return fm.fileExists(atPath: system) ? system : nil
+    }
+
+    /// The running executable: /proc/self/exe, else argv[0] with its symlinks resolved.
+    private static var executable: URL {
+        if let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
+            return URL(fileURLWithPath: exe)
+        }
+        return URL(fileURLWithPath: absolutePath(CommandLine.arguments[0])).resolvingSymlinksInPath()
     }
 }
 
@@ -130,16 +150,21 @@ struct TestCommand: AsyncParsableCommand {
         discussion: """
             Prints TAP with a closing "N passed, N failed" line; exits 1 when a case failed, \
             2 when a path does not exist. VMs created in a case are removed when it ends; the \
-            console logs of a failed case's VMs are saved under plasmavmc-test-artifacts/.
+            console logs of a failed case's VMs are saved under plasmavmc-test-artifacts/. \
+            With --shard K/N (for CI jobs fanned out over machines) it runs the K-th of N \
+            disjoint, stable parts of the test files, split by file and balanced by count; a \
+            part with no files runs nothing and exits 0.
             """)
 
     @OptionGroup var global: GlobalOptions
-    @Option(help: "Also write JUnit XML to this file.") var junit: String?
+    @Option(help: "Also write JUnit XML to this file; {shard} in it becomes K of --shard K/N.") var junit: String?
     @Option(help: "Run only cases whose name matches this Lua pattern.") var filter: String?
     @Option(parsing: .unconditional, help: "Seconds the whole run may take.") var timeout: String?
+    @Option(parsing: .unconditional, help: "Run only the K-th of N parts of the test files, e.g. 2/3.") var shard: String?
     @Argument(help: "Test files or folders.") var paths: [String]
 
     func run() async throws {
+        let part = try shard.map(TestShard.init(parsing:)) ?? .whole
         var files: [String] = []
         let fm = FileManager.default
         for path in paths {
@@ -157,10 +182,19 @@ struct TestCommand: AsyncParsableCommand {
             files += found.map { (path as NSString).appendingPathComponent($0) }
         }
         guard let stdlib = Stdlib.path else {
-            throw PlasmaError(.unavailable, "cannot find the Lua stdlib (stdlib/plasma); set PLASMAVMC_STDLIB")
+            throw PlasmaError(.unavailable, "cannot find the Lua stdlib (PREFIX/share/plasmavmc/stdlib beside PREFIX/bin/plasmavmc); install with scripts/install.sh or set PLASMAVMC_STDLIB")
         }
-        if let junit { setenv("PLASMAVMC_JUNIT", absolutePath(junit), 1) }
+        if let junit {
+            let file = junit.replacingOccurrences(of: "{shard}", with: String(part.index))
+            setenv("PLASMAVMC_JUNIT", absolutePath(file), 1)
+        }
         if let filter { setenv("PLASMAVMC_TEST_FILTER", filter, 1) }
+        // testmain reports the shard; it never reads a shard from the caller's environment.
+        unsetenv("PLASMAVMC_TEST_SHARD")
+        if shard != nil {
+            setenv("PLASMAVMC_TEST_SHARD", "\(part.description) \(files.count)", 1)
+            files = part.select(files)
+        }
         var run = try Run.parse([stdlib + "/plasma/testmain.lua"] + files)
         run.global = global
         run.timeout = timeout

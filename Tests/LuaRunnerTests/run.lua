@@ -62,7 +62,8 @@ local function run(source, opts)
     write(dir .. "/" .. name, text)
   end
   -- The caller's own settings must not leak into the child.
-  local env = { "env -u PLASMAVMC_JUNIT -u PLASMAVMC_TEST_FILTER -u PLASMAVMC_TEST_ARTIFACTS" }
+  local env = { "env -u PLASMAVMC_JUNIT -u PLASMAVMC_TEST_FILTER -u PLASMAVMC_TEST_ARTIFACTS"
+    .. " -u PLASMAVMC_TEST_SHARD" }
   for k, v in pairs(opts.env or {}) do env[#env + 1] = k .. "=" .. q(v) end
   local args = {}
   for i, a in ipairs(opts.args or {}) do args[i] = q(a) end
@@ -904,6 +905,33 @@ check("testmain: no files is a usage error", function()
   expect_eq(r.code, 1, "exit status")
   expect_eq(r.out, "", "stdout")
   expect_has(r.err, "usage: plasmavmc test PATH...")
+end)
+
+check("testmain: a shard says which it is; an empty shard passes with plan 0 and JUnit", function()
+  local files = { ["t/a_test.lua"] = [[
+local test = require "plasma.test"
+test.case("boots", function(t) t:ok(true) end)
+]] }
+  local r = run_testmain(files, { "t/a_test.lua" }, { PLASMAVMC_TEST_SHARD = "1/2 1" })
+  expect_run(r, [[
+TAP version 14
+# shard 1/2: 1 of 1 test files
+ok 1 - a_test.lua: boots
+1..1
+1 passed, 0 failed
+]], 0)
+  r = run_testmain({}, {}, { PLASMAVMC_TEST_SHARD = "2/2 1", PLASMAVMC_JUNIT = "empty.xml" })
+  expect_run(r, [[
+TAP version 14
+# shard 2/2: no test files (1 test files in 2 shards)
+1..0
+0 passed, 0 failed
+]], 0)
+  expect_eq(junit_summary(r.dir .. "/empty.xml"), "testsuites tests=0 failures=0 skipped=0\n",
+    "JUnit of an empty shard")
+  r = run_testmain({}, {}, { PLASMAVMC_TEST_SHARD = "2/x" })
+  expect_eq(r.code, 1, "exit status")
+  expect_has(r.err, 'PLASMAVMC_TEST_SHARD must be "K/N TOTAL", got "2/x"')
 end)
 
 check("stdlib and stubs load; stubs are a ---@meta file covering the API", function()

@@ -6,6 +6,10 @@
 -- line; JUnit (PLASMAVMC_JUNIT) gets one test suite per file. A file that does not load, or
 -- raises outside its cases, counts as one failed test named after the file.
 --
+-- With `--shard K/N` the host passes only that shard's files and sets PLASMAVMC_TEST_SHARD to
+-- "K/N TOTAL" (TOTAL: the files of all shards); the report then says which shard it is, and a
+-- shard without files is an empty, passing run (plan 1..0), not a usage error.
+--
 -- Returns true when nothing failed, so the host exits 0; else false (exit status 1).
 
 local test = require "plasma.test"
@@ -13,7 +17,19 @@ local test = require "plasma.test"
 local files = {}
 for i = 1, #arg do files[i] = arg[i] end
 
-if #files == 0 then
+local shard, shard_count, total
+do
+  local s = os.getenv("PLASMAVMC_TEST_SHARD")
+  if s and s ~= "" then
+    shard, shard_count, total = s:match("^(%d+/(%d+)) (%d+)$")
+    if not shard then
+      io.stderr:write(("testmain: PLASMAVMC_TEST_SHARD must be \"K/N TOTAL\", got %q\n"):format(s))
+      return false
+    end
+  end
+end
+
+if #files == 0 and not shard then
   io.stderr:write("usage: plasmavmc test PATH...\n",
     "  runs the test cases of each file (a folder stands for its *_test.lua files)\n")
   return false
@@ -45,6 +61,12 @@ end
 
 local runner = test._runner()
 runner:start()
+if shard and #files == 0 then
+  io.stdout:write(("# shard %s: no test files (%s test files in %s shards)\n"):format(
+    shard, total, shard_count))
+elseif shard then
+  io.stdout:write(("# shard %s: %d of %s test files\n"):format(shard, #files, total))
+end
 if runner.filter then io.stdout:write(("# filter %q\n"):format(runner.filter)) end
 
 for i, path in ipairs(display_names(files)) do
