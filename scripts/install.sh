@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs plasmavmc: builds release (swift build -c release), then copies
-#   PREFIX/bin/plasmavmc (and every other executable of EXECUTABLES that was built),
+#   PREFIX/bin/plasmavmc and PREFIX/bin/plasmavmc-supervisor (every executable of EXECUTABLES),
 #   PREFIX/share/plasmavmc/stdlib/          the Lua stdlib, where plasmavmc looks for it,
 #   PREFIX/share/bash-completion/completions/plasmavmc, PREFIX/share/zsh/site-functions/_plasmavmc,
 #   PREFIX/share/fish/vendor_completions.d/plasmavmc.fish   shell completions.
@@ -13,7 +13,7 @@
 # Exit status: 0 installed; 2 bad usage or nothing to install; another the build or a copy failed.
 set -euo pipefail
 
-# Executable products to install: the first is required, the others go in when built.
+# Executable products to install, all required: plasmavmc finds its supervisor beside itself.
 EXECUTABLES=(plasmavmc plasmavmc-supervisor)
 
 usage() {
@@ -41,16 +41,16 @@ if [[ -z "$bin_dir" ]]; then
   swift build -c release
   bin_dir=$(swift build -c release --show-bin-path)
 fi
-[[ -x "$bin_dir/${EXECUTABLES[0]}" ]] ||
-  usage "no ${EXECUTABLES[0]} in $bin_dir; build it first (swift build -c release) or leave out --bin-dir"
+for exe in "${EXECUTABLES[@]}"; do
+  [[ -x "$bin_dir/$exe" ]] ||
+    usage "no $exe in $bin_dir; build it first (swift build -c release) or leave out --bin-dir"
+done
 
 share="$prefix/share/plasmavmc"
 install -d "$prefix/bin" "$share"
 for exe in "${EXECUTABLES[@]}"; do
-  if [[ -x "$bin_dir/$exe" ]]; then
-    install -m 0755 "$bin_dir/$exe" "$prefix/bin/$exe"
-    echo "installed $prefix/bin/$exe"
-  fi
+  install -m 0755 "$bin_dir/$exe" "$prefix/bin/$exe"
+  echo "installed $prefix/bin/$exe"
 done
 
 # Replace the stdlib as a whole: a file dropped from stdlib/ must not linger in the old copy.

@@ -288,12 +288,15 @@ struct ConventionsTests {
         #expect(test.status == 0, "\(test.stdout)\(test.stderr)")
         #expect(test.stdout.contains("ok 1 - x_test.lua: installed"), "\(test.stdout)")
 
-        // Installing again over the first install works; without the helper only plasmavmc goes in.
-        try fm.removeItem(atPath: bin + "/plasmavmc-supervisor")
-        try fm.removeItem(atPath: prefix + "/bin/plasmavmc-supervisor")
+        // Installing again over the first install works; without the supervisor nothing goes in:
+        // plasmavmc cannot create a VM without it.
         let again = try await runProgram(install, ["--prefix", prefix, "--bin-dir", bin], in: TestGuest.repoRoot)
         #expect(again.status == 0, "\(again.stdout)\(again.stderr)")
-        #expect(!fm.fileExists(atPath: prefix + "/bin/plasmavmc-supervisor"))
+        try fm.removeItem(atPath: bin + "/plasmavmc-supervisor")
+        let without = try await runProgram(install, ["--prefix", prefix + "-2", "--bin-dir", bin], in: TestGuest.repoRoot)
+        #expect(without.status == 2, "\(without.stdout)\(without.stderr)")
+        #expect(without.stderr.contains("no plasmavmc-supervisor in"), "\(without.stderr)")
+        #expect(!fm.fileExists(atPath: prefix + "-2/bin/plasmavmc"))
     }
 
     @Test(arguments: [
