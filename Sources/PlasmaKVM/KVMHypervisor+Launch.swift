@@ -147,7 +147,7 @@ extension KVMHypervisor {
             if errno != EAGAIN && errno != EINTR { throw SysError("reading the supervisor's pipe", errno) }
             if clock.now >= deadline { throw SysError("no answer", ETIMEDOUT) }
             try await Task.sleep(for: interval)
-            interval = min(interval * 2, .milliseconds(5))
+            interval = min(interval * 2, .milliseconds(1))
         }
     }
 }

@@ -130,8 +130,12 @@ public struct KVMHypervisor: Hypervisor {
                let reply = try? await askStatus(paths, timeout: .milliseconds(800)) {
                 status = Self.map(runState: reply.runstate, pid: id.qemu.pid, accel: id.accel)
             } else if id.supervisor?.isAlive == true {
-                status = VMStatus(state: .running, reason: "its supervisor (pid \(id.supervisor!.pid)) does not answer",
-                                  reasonCode: .running, pid: id.qemu.pid, accel: id.accel)
+                if !FileManager.default.fileExists(atPath: paths.launch) {
+                    status = VMStatus(state: .created, reason: "QEMU is starting", pid: id.qemu.pid, accel: id.accel)
+                } else {
+                    status = VMStatus(state: .running, reason: "state unknown: its supervisor (pid \(id.supervisor!.pid)) does not answer",
+                                      reasonCode: .running, pid: id.qemu.pid, accel: id.accel)
+                }
             } else {
                 status = await lostSupervisorStatus(paths, id)
             }
@@ -416,7 +420,20 @@ public struct KVMHypervisor: Hypervisor {
         let monitor = "socket,id=qmp,path=\(QEMUCommandLine.escape(paths.qmpSocket)),"
         guard args.contains(where: { $0.hasPrefix(monitor) }) else { return nil }
         let accel = args.firstIndex(of: "-accel").flatMap { $0 + 1 < args.count ? args[$0 + 1] : nil }
-        return Identity(qemu: process, supervisor: nil, accel: accel)
+        return Identity(qemu: process, supervisor: Self.supervisorParent(of: pid, paths), accel: accel)
+    }
+
+    /// QEMU's parent, when that is this VM's supervisor (e.g. while it starts, before it has
+    /// written launch.json).
+    static func supervisorParent(of pid: Int32, _ paths: RuntimePaths) -> ProcessIdentity? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 1, let ppid = Int32(fields[1]), ppid > 1,
+              let cmdline = FileManager.default.contents(atPath: "/proc/\(ppid)/cmdline") else { return nil }
+        let args = cmdline.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        guard args.count > 1, args[0].hasSuffix("/" + Supervisor.binaryName), args[1] == paths.directory else { return nil }
+        return ProcessIdentity.of(pid: ppid)
     }
 
     func askStatus(_ paths: RuntimePaths, timeout: Duration) async throws -> Supervisor.StatusReply {

@@ -176,8 +176,7 @@ enum EventLog {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
         let nanos = Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
-        let date = Date(timeIntervalSince1970: Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9)
-        var object: [String: Any] = ["time": isoTime(date), "unix_nanos": nanos, "kind": kind, "state": state.rawValue]
+        var object: [String: Any] = ["time": isoTime(ts), "unix_nanos": nanos, "kind": kind, "state": state.rawValue]
         for (k, v) in details { object[k] = v }
         guard var data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
         data.append(0x0a)
@@ -187,10 +186,13 @@ enum EventLog {
         Glibc.close(fd)
     }
 
-    static func isoTime(_ date: Date) -> String {
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return f.string(from: date)
+    /// "2026-12-02T01:18:47.190Z", as the supervisor writes it.
+    static func isoTime(_ ts: timespec) -> String {
+        var t = ts.tv_sec
+        var tm = Glibc.tm()
+        gmtime_r(&t, &tm)
+        return String(format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", Int(tm.tm_year) + 1900, Int(tm.tm_mon) + 1,
+                      Int(tm.tm_mday), Int(tm.tm_hour), Int(tm.tm_min), Int(tm.tm_sec), Int(ts.tv_nsec / 1_000_000))
     }
 
     /// Entries from byte `offset` on (whole lines only), and where to read next. An offset

@@ -384,24 +384,34 @@ static void console_write_gen(void) {
     write_record("console.gen", text, (size_t)n);
 }
 
+/* console.gen is written only when the log rotates: without it, the log is generation 0. */
 static void console_open(void) {
-    char path[4096];
-    path_in(path, sizeof(path), "console.gen");
-    FILE *f = fopen(path, "re");
+    char gen_path[4096], log_path[4096], old_path[4200];
+    path_in(gen_path, sizeof(gen_path), "console.gen");
+    path_in(log_path, sizeof(log_path), "console.log");
+    snprintf(old_path, sizeof(old_path), "%s.1", log_path);
+    int same_cap = 1;
+    FILE *f = fopen(gen_path, "re");
     if (f) {
         unsigned long long gen = 0, cap = 0;
         if (fscanf(f, "%llu %llu", &gen, &cap) == 2 && cap == console_cap) console_gen = gen;
+        else same_cap = 0;
         fclose(f);
     }
-    path_in(path, sizeof(path), "console.log");
-    console_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
+    console_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
     struct stat st;
     console_size = (console_fd >= 0 && fstat(console_fd, &st) == 0) ? (unsigned long long)st.st_size : 0;
-    if (console_size > console_cap) {
-        /* Another cap than the log was written with: start a new generation. */
-        console_size = console_cap;
+    if (!same_cap || console_size > console_cap) {
+        /* Written with another cap (a relaunch under another PLASMAVMC_CONSOLE_LOG_MAX): the
+         * offsets of the old files mean nothing now. Keep the last log as the previous one and
+         * start again at generation 1, whose offsets readers can map. */
+        if (console_fd >= 0) close(console_fd);
+        rename(log_path, old_path);
+        console_fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+        console_size = 0;
+        console_gen = 1;
+        console_write_gen();
     }
-    console_write_gen();
 }
 
 /* Appends guest output; every file but the current one holds exactly `console_cap` bytes, so
@@ -946,7 +956,8 @@ int main(int argc, char **argv) {
         if (exit_tmp_fd >= 0) {
             char spaces[4096];
             memset(spaces, ' ', sizeof(spaces));
-            if (write(exit_tmp_fd, spaces, sizeof(spaces)) != (ssize_t)sizeof(spaces) || fsync(exit_tmp_fd) != 0) {
+            /* The write reserves the blocks (ENOSPC shows here, not later); no fsync needed. */
+            if (write(exit_tmp_fd, spaces, sizeof(spaces)) != (ssize_t)sizeof(spaces)) {
                 close(exit_tmp_fd);
                 exit_tmp_fd = -1;
                 unlink(tmp);
