@@ -56,20 +56,20 @@ extension KVMHypervisor {
         return magic == Data([0x51, 0x46, 0x49, 0xFB]) ? "qcow2" : "raw"
     }
 
-    func resolveAccel(_ accel: Accelerator, qemu: String) async -> String {
+    func resolveAccel(_ accel: Accelerator, qemu: String) async throws -> String {
         switch accel {
         case .kvm: return "kvm"
         case .tcg: return "tcg"
         case .auto:
             let probe = AcceleratorProbe(qemuBinary: qemu, cacheFile: root.path + "/.accel-probe")
-            return await probe.kvmUsable() ? "kvm" : "tcg"
+            return try await probe.kvmUsable() ? "kvm" : "tcg"
         }
     }
 
     /// Spawns QEMU paused and waits for its monitor. On failure the process is gone and the
     /// error carries QEMU's exit status, its command line and the tail of its log.
     func launch(_ spec: VMSpec, paths: RuntimePaths, qemu: String) async throws -> VMStatus {
-        let accel = await resolveAccel(spec.accel, qemu: qemu)
+        let accel = try await resolveAccel(spec.accel, qemu: qemu)
         for stale in [paths.qmpSocket, paths.consoleSocket, paths.pidFile, paths.exit, paths.record, paths.launch] {
             unlink(stale)
         }
@@ -94,17 +94,20 @@ extension KVMHypervisor {
 
         func failure(_ what: String) async -> PlasmaError {
             process.signal(SIGKILL)
-            _ = await process.waitForExit(timeout: .seconds(5))
-            var exitText = ""
-            for _ in 0..<50 {
-                if let exit = ChildProcesses.shared.exitRecord(of: pid) { exitText = " (\(exit.summary))"; break }
-                try? await Task.sleep(for: .milliseconds(2))
-            }
+            _ = await process.waitForExitEvenIfCancelled(timeout: .seconds(5))
+            let exitText = ChildProcesses.shared.exitRecord(of: pid).map { " (\($0.summary))" } ?? ""
             let log = (RecordFile.tail(paths.qemuLog, maxBytes: 2048) ?? "")
                 .split(separator: "\n").suffix(5).joined(separator: "\n    ")
             return PlasmaError(.launchFailed,
                                "vm '\(spec.name)': \(what)\(exitText)\(log.isEmpty ? "" : ": " + (log.split(separator: "\n").last.map(String.init) ?? ""))",
                                cause: "command: \(argv.joined(separator: " "))\n  qemu log:\n    \(log.isEmpty ? "(empty)" : log)")
+        }
+
+        /// Cancelled: QEMU goes too, so no VM is left half made.
+        func abandon(_ error: any Error) async -> any Error {
+            process.signal(SIGKILL)
+            _ = await process.waitForExitEvenIfCancelled(timeout: .seconds(5))
+            return error
         }
 
         let clock = ContinuousClock()
@@ -126,6 +129,8 @@ extension KVMHypervisor {
                     // The socket file exists a moment before QEMU listens on it.
                 } catch let error as PlasmaError {
                     throw error
+                } catch let error as CancellationError {
+                    throw await abandon(error)
                 } catch {
                     throw await failure("QEMU's monitor did not work: \(error)")
                 }
@@ -133,7 +138,11 @@ extension KVMHypervisor {
             if clock.now >= deadline {
                 throw await failure("QEMU did not open its monitor within \(launchTimeout)")
             }
-            try? await Task.sleep(for: .milliseconds(2))
+            do {
+                try await Task.sleep(for: .milliseconds(2))
+            } catch {
+                throw await abandon(error)
+            }
         }
     }
 }

@@ -152,7 +152,7 @@ public struct KVMHypervisor: Hypervisor {
                     client.close()
                 }
                 let wait = min(powerdownInterval, gracefulEnd - clock.now)
-                if await process.waitForExit(timeout: wait) { step = .powerdown }
+                if try await process.waitForExit(timeout: wait) { step = .powerdown }
             }
         }
         if step == nil {
@@ -160,15 +160,15 @@ public struct KVMHypervisor: Hypervisor {
                 _ = try? await client.execute("quit", timeout: forceBudget / 2)
                 client.close()
             }
-            if await process.waitForExit(timeout: forceBudget / 2) { step = .quit }
+            if try await process.waitForExit(timeout: forceBudget / 2) { step = .quit }
         }
         if step == nil {
             process.signal(SIGTERM)
-            if await process.waitForExit(timeout: forceBudget / 4) { step = .sigterm }
+            if try await process.waitForExit(timeout: forceBudget / 4) { step = .sigterm }
         }
         if step == nil {
             process.signal(SIGKILL)
-            guard await process.waitForExit(timeout: .seconds(5)) else {
+            guard try await process.waitForExit(timeout: .seconds(5)) else {
                 throw PlasmaError(.internal, "vm '\(name)': QEMU (pid \(process.pid)) survived SIGKILL; it may be stuck in the kernel")
             }
             step = .sigkill
@@ -182,7 +182,7 @@ public struct KVMHypervisor: Hypervisor {
         try record(paths, "kill", step: nil)
         guard let launch = RecordFile.read(LaunchRecord.self, from: paths.launch) else { return }
         launch.process.signal(SIGKILL)
-        guard await launch.process.waitForExit(timeout: .seconds(5)) else {
+        guard try await launch.process.waitForExit(timeout: .seconds(5)) else {
             throw PlasmaError(.internal, "vm '\(name)': QEMU (pid \(launch.process.pid)) survived SIGKILL; it may be stuck in the kernel")
         }
     }
@@ -203,7 +203,7 @@ public struct KVMHypervisor: Hypervisor {
             }
             // If this process spawned it, let the reaper record its exit first: it writes
             // into the folder we are about to remove.
-            _ = await launch.process.waitForExit(timeout: .seconds(2))
+            _ = try await launch.process.waitForExit(timeout: .seconds(2))
         }
         var lastError: (any Error)?
         for _ in 0..<5 {
@@ -212,7 +212,7 @@ public struct KVMHypervisor: Hypervisor {
                 return
             } catch {
                 lastError = error
-                try? await Task.sleep(for: .milliseconds(20))
+                try await Task.sleep(for: .milliseconds(20))
             }
         }
         throw PlasmaError(.internal, "vm '\(name)': cannot remove \(paths.directory)", cause: "\(lastError!)")

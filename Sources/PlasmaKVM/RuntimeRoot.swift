@@ -104,6 +104,8 @@ final class VMLock: Sendable {
     deinit { close(fd) }
 
     /// Polls a non-blocking flock so no thread of the cooperative pool blocks in the kernel.
+    /// - Throws: `notFound`, `unavailable` when another process holds the lock past `timeout`,
+    ///   `CancellationError` at once (the lock file closed) when the calling task is cancelled.
     static func acquire(path: String, vm: VMName, timeout: Duration) async throws -> VMLock {
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else {
@@ -124,7 +126,12 @@ final class VMLock: Sendable {
                 throw PlasmaError(.unavailable,
                                   "vm '\(vm)' is busy: another plasmavmc process\(holder.isEmpty ? "" : " (pid \(holder))") is acting on it; try again when it is done")
             }
-            try? await Task.sleep(for: .milliseconds(10))
+            do {
+                try await Task.sleep(for: .milliseconds(10))
+            } catch {
+                close(fd)
+                throw error
+            }
         }
         let me = "\(getpid())\n"
         _ = ftruncate(fd, 0)
