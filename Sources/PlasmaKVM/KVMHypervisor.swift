@@ -76,7 +76,7 @@ public struct KVMHypervisor: Hypervisor {
 
     public func start(_ name: VMName) async throws -> VMStatus {
         let paths = try existing(name)
-        if let launch = RecordFile.read(LaunchRecord.self, from: paths.launch), launch.process.isAlive {
+        if let launch = try RecordFile.read(LaunchRecord.self, from: paths.launch), launch.process.isAlive {
             let client = try await connect(name, paths, launch)
             defer { client.close() }
             let state = try await qmp(name, client, "query-status")["status"]?.stringValue
@@ -86,12 +86,12 @@ public struct KVMHypervisor: Hypervisor {
             _ = try await qmp(name, client, "cont")
             return VMStatus(state: .running, pid: launch.process.pid, accel: launch.accel)
         }
-        guard let spec = RecordFile.read(VMSpec.self, from: paths.spec) else {
+        guard let spec = try RecordFile.read(VMSpec.self, from: paths.spec) else {
             throw PlasmaError(.internal, "vm '\(name)': its spec.json is unreadable; delete the vm and create it again")
         }
         try checkHost(spec)
         let created = try await launch(spec, paths: paths, qemu: try Self.findQEMU(explicit: qemuBinary))
-        guard let launch = RecordFile.read(LaunchRecord.self, from: paths.launch) else {
+        guard let launch = try RecordFile.read(LaunchRecord.self, from: paths.launch) else {
             throw PlasmaError(.internal, "vm '\(name)': launch record missing after relaunch")
         }
         let client = try await connect(name, paths, launch)
@@ -102,7 +102,7 @@ public struct KVMHypervisor: Hypervisor {
 
     public func status(_ name: VMName) async throws -> VMStatus {
         let paths = try existing(name)
-        guard let launch = RecordFile.read(LaunchRecord.self, from: paths.launch) else {
+        guard let launch = try RecordFile.read(LaunchRecord.self, from: paths.launch) else {
             return VMStatus(state: .crashed, reason: "no QEMU was ever launched for it")
         }
         if launch.process.isAlive {
@@ -119,12 +119,12 @@ public struct KVMHypervisor: Hypervisor {
                 }
             }
         }
-        return deadStatus(paths, launch)
+        return try deadStatus(paths, launch)
     }
 
     public func info(_ name: VMName) async throws -> VMInfo {
         let paths = try existing(name)
-        guard let spec = RecordFile.read(VMSpec.self, from: paths.spec) else {
+        guard let spec = try RecordFile.read(VMSpec.self, from: paths.spec) else {
             throw PlasmaError(.internal, "vm '\(name)': its spec.json is unreadable; delete the vm and create it again")
         }
         return VMInfo(spec: spec, status: try await status(name), runtimeDirectory: paths.directory)
@@ -134,7 +134,7 @@ public struct KVMHypervisor: Hypervisor {
         let clock = ContinuousClock()
         let begin = clock.now
         let paths = try existing(name)
-        guard let launch = RecordFile.read(LaunchRecord.self, from: paths.launch), launch.process.isAlive else {
+        guard let launch = try RecordFile.read(LaunchRecord.self, from: paths.launch), launch.process.isAlive else {
             try record(paths, "stop", step: .alreadyGone)
             return StopOutcome(step: .alreadyGone, elapsed: clock.now - begin)
         }
@@ -180,7 +180,7 @@ public struct KVMHypervisor: Hypervisor {
     public func kill(_ name: VMName) async throws {
         let paths = try existing(name)
         try record(paths, "kill", step: nil)
-        guard let launch = RecordFile.read(LaunchRecord.self, from: paths.launch) else { return }
+        guard let launch = try RecordFile.read(LaunchRecord.self, from: paths.launch) else { return }
         launch.process.signal(SIGKILL)
         guard try await launch.process.waitForExit(timeout: .seconds(5)) else {
             throw PlasmaError(.internal, "vm '\(name)': QEMU (pid \(launch.process.pid)) survived SIGKILL; it may be stuck in the kernel")
@@ -197,7 +197,7 @@ public struct KVMHypervisor: Hypervisor {
 
     public func delete(_ name: VMName) async throws {
         let paths = try existing(name)
-        if let launch = RecordFile.read(LaunchRecord.self, from: paths.launch) {
+        if let launch = try RecordFile.read(LaunchRecord.self, from: paths.launch) {
             if launch.process.isAlive {
                 throw PlasmaError(.invalidState, "cannot delete vm '\(name)': its QEMU (pid \(launch.process.pid)) is still running; stop it first, or delete with force")
             }
@@ -219,7 +219,7 @@ public struct KVMHypervisor: Hypervisor {
     }
 
     public func list() async throws -> [VMName] {
-        root.vmNames()
+        try root.vmNames()
     }
 
     public func consoleLog(_ name: VMName, maxBytes: Int?) async throws -> String {
@@ -241,7 +241,7 @@ public struct KVMHypervisor: Hypervisor {
 
     public func sendConsole(_ name: VMName, _ text: String) async throws {
         let paths = try existing(name)
-        guard let launch = RecordFile.read(LaunchRecord.self, from: paths.launch), launch.process.isAlive else {
+        guard let launch = try RecordFile.read(LaunchRecord.self, from: paths.launch), launch.process.isAlive else {
             throw PlasmaError(.invalidState, "vm '\(name)': QEMU is not running, so its console cannot be written; start it first")
         }
         // Connect, write, wait until QEMU has taken every byte, close. QEMU drops what is
@@ -278,7 +278,7 @@ public struct KVMHypervisor: Hypervisor {
 
     public func monitorCommand(_ name: VMName, _ command: String, argumentsJSON: String?) async throws -> String {
         let paths = try existing(name)
-        guard let launch = RecordFile.read(LaunchRecord.self, from: paths.launch), launch.process.isAlive else {
+        guard let launch = try RecordFile.read(LaunchRecord.self, from: paths.launch), launch.process.isAlive else {
             throw PlasmaError(.invalidState, "vm '\(name)': QEMU is not running; start it first")
         }
         var args: JSONValue?
@@ -296,7 +296,7 @@ public struct KVMHypervisor: Hypervisor {
 
     public func statusProbe(_ name: VMName) -> (any VMStatusProbe)? {
         guard let paths = try? existing(name),
-              let launch = RecordFile.read(LaunchRecord.self, from: paths.launch), launch.process.isAlive,
+              let launch = (try? RecordFile.read(LaunchRecord.self, from: paths.launch)) ?? nil, launch.process.isAlive,
               let conn = try? QMPConnection(path: paths.qmpHoldSocket, timeout: .milliseconds(200)) else { return nil }
         return StatusProbe(launch: launch, connection: conn)
     }
@@ -338,7 +338,8 @@ public struct KVMHypervisor: Hypervisor {
 
     func existing(_ name: VMName) throws -> RuntimePaths {
         let paths = root.paths(name)
-        guard FileManager.default.fileExists(atPath: paths.spec) else {
+        guard try root.checkTrusted(), try paths.checkTrusted(),
+              FileManager.default.fileExists(atPath: paths.spec) else {
             throw PlasmaError(.notFound, "vm '\(name)' does not exist; see plasmavmc ls")
         }
         return paths
@@ -351,7 +352,7 @@ public struct KVMHypervisor: Hypervisor {
 
     private func simpleCommand(_ name: VMName, _ command: String) async throws {
         let paths = try existing(name)
-        guard let launch = RecordFile.read(LaunchRecord.self, from: paths.launch), launch.process.isAlive else {
+        guard let launch = try RecordFile.read(LaunchRecord.self, from: paths.launch), launch.process.isAlive else {
             throw PlasmaError(.invalidState, "vm '\(name)': QEMU is not running; start it first")
         }
         let client = try await connect(name, paths, launch)
@@ -394,9 +395,9 @@ public struct KVMHypervisor: Hypervisor {
 
     /// The state of a VM whose QEMU is gone. QEMU removes its pidfile on a clean exit and
     /// leaves it on SIGKILL or abort; our own records say what plasmavmc asked for.
-    func deadStatus(_ paths: RuntimePaths, _ launch: LaunchRecord) -> VMStatus {
-        let request = RecordFile.read(RequestRecord.self, from: paths.record)
-        let exit = RecordFile.read(ExitRecord.self, from: paths.exit)
+    func deadStatus(_ paths: RuntimePaths, _ launch: LaunchRecord) throws -> VMStatus {
+        let request = try RecordFile.read(RequestRecord.self, from: paths.record)
+        let exit = try RecordFile.read(ExitRecord.self, from: paths.exit)
             ?? ChildProcesses.shared.exitRecord(of: launch.process.pid)
         let accel = launch.accel
         switch request?.action {

@@ -19,14 +19,144 @@ func openDescriptors(of path: String) -> Int {
     }.count
 }
 
-/// Cancelled waits end at once and give back what they held.
+let nobodyUID: uid_t = 65534
+
+/// Runs `body(i)` for i in 0..<count, each on a thread of its own; returns the errors thrown.
+func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) throws -> Void) async -> [String] {
+    await withTaskGroup(of: String?.self) { group in
+        for i in 0..<count {
+            group.addTask {
+                await withCheckedContinuation { (c: CheckedContinuation<String?, Never>) in
+                    Thread {
+                        do {
+                            try body(i)
+                            c.resume(returning: nil)
+                        } catch {
+                            c.resume(returning: "\(error)")
+                        }
+                    }.start()
+                }
+            }
+        }
+        var errors: [String] = []
+        for await e in group { if let e { errors.append(e) } }
+        return errors
+    }
+}
+
+/// Runtime folders and records that are not plainly ours are refused, never trusted; records
+/// are written atomically; cancelled waits end at once and give back what they held.
 @Suite("Runtime folder safety and cancellation")
 struct RuntimeSafetyTests {
+    struct Sample: Codable, Equatable {
+        var n: Int
+        var text: String
+    }
+
+    // MARK: records
+
+    @Test(.enabled(if: getuid() == 0, "giving a file to another user needs root"))
+    func recordOwnedByAnotherUserIsRefusedNotIgnored() throws {
+        let tmp = try TempDir(prefix: "rec")
+        defer { tmp.remove() }
+        let path = tmp.path + "/launch.json"
+        try RecordFile.write(Sample(n: 1, text: "a"), to: path)
+        #expect(try RecordFile.read(Sample.self, from: path) == Sample(n: 1, text: "a"))
+        #expect(chown(path, nobodyUID, nobodyUID) == 0)
+        let error = #expect(throws: PlasmaError.self) { try RecordFile.read(Sample.self, from: path) }
+        #expect(error?.message.contains("\(path) is owned by uid \(nobodyUID)") == true, "\(error?.message ?? "")")
+    }
+
+    @Test func groupOrOtherWritableRecordIsRefused() throws {
+        let tmp = try TempDir(prefix: "rec")
+        defer { tmp.remove() }
+        let path = tmp.path + "/launch.json"
+        try RecordFile.write(Sample(n: 1, text: "a"), to: path)
+        for mode: mode_t in [0o620, 0o602] {
+            #expect(chmod(path, mode) == 0)
+            let error = #expect(throws: PlasmaError.self) { try RecordFile.read(Sample.self, from: path) }
+            #expect(error?.message.contains("writable by others") == true, "\(error?.message ?? "")")
+        }
+    }
+
+    @Test func symlinkedRecordIsRefused() throws {
+        let tmp = try TempDir(prefix: "rec")
+        defer { tmp.remove() }
+        try RecordFile.write(Sample(n: 1, text: "a"), to: tmp.path + "/real.json")
+        #expect(symlink(tmp.path + "/real.json", tmp.path + "/launch.json") == 0)
+        let error = #expect(throws: PlasmaError.self) { try RecordFile.read(Sample.self, from: tmp.path + "/launch.json") }
+        #expect(error?.message.contains("is a symlink") == true, "\(error?.message ?? "")")
+    }
+
+    @Test func missingRecordIsNilAndAGarbledOneIsAnError() throws {
+        let tmp = try TempDir(prefix: "rec")
+        defer { tmp.remove() }
+        #expect(try RecordFile.read(Sample.self, from: tmp.path + "/none.json") == nil)
+        let path = tmp.path + "/bad.json"
+        #expect(FileManager.default.createFile(atPath: path, contents: Data("{\"n\": ".utf8), attributes: [.posixPermissions: 0o600]))
+        let error = #expect(throws: PlasmaError.self) { try RecordFile.read(Sample.self, from: path) }
+        #expect(error?.message.contains("\(path) is unreadable") == true, "\(error?.message ?? "")")
+    }
+
+    @Test func concurrentWritersOfOneRecordNeverClashAndLeaveNoTempFiles() async throws {
+        let tmp = try TempDir(prefix: "rec")
+        defer { tmp.remove() }
+        let path = tmp.path + "/record.json"
+        // Threads of their own: each write fsyncs, which must not hold the cooperative pool.
+        let failures = await onThreads(3) { writer in
+            for i in 0..<100 {
+                try RecordFile.write(Sample(n: i, text: String(repeating: "w\(writer)", count: 200)), to: path)
+            }
+        }
+        #expect(failures.isEmpty, "\(failures)")
+        let last = try #require(try RecordFile.read(Sample.self, from: path))
+        #expect(last.n == 99)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: tmp.path) == ["record.json"])
+        var st = stat()
+        #expect(lstat(path, &st) == 0 && st.st_mode & 0o777 == 0o600)
+    }
+
+    // MARK: runtime folder
+
+    @Test func runtimeRootIsCreatedPrivate() throws {
+        let tmp = try TempDir(prefix: "rr")
+        defer { tmp.remove() }
+        let root = RuntimeRoot(path: tmp.path + "/a/plasmavmc")
+        try root.ensureExists()
+        var st = stat()
+        #expect(lstat(root.path, &st) == 0 && st.st_mode & 0o777 == 0o700)
+        try root.ensureExists()
+    }
+
+    @Test(.enabled(if: getuid() == 0, "giving a folder to another user needs root"))
+    func runtimeRootOfAnotherUserIsRefused() throws {
+        let tmp = try TempDir(prefix: "rr")
+        defer { tmp.remove() }
+        let path = tmp.path + "/plasmavmc"
+        #expect(mkdir(path, 0o700) == 0 && chown(path, nobodyUID, nobodyUID) == 0)
+        let error = #expect(throws: PlasmaError.self) { try RuntimeRoot(path: path).ensureExists() }
+        #expect(error?.message.contains("runtime dir \(path) is owned by uid \(nobodyUID)") == true, "\(error?.message ?? "")")
+    }
+
+    @Test func writableOrSymlinkedRuntimeRootIsRefused() throws {
+        let tmp = try TempDir(prefix: "rr")
+        defer { tmp.remove() }
+        let open = tmp.path + "/open"
+        #expect(mkdir(open, 0o700) == 0 && chmod(open, 0o777) == 0)
+        let e1 = #expect(throws: PlasmaError.self) { try RuntimeRoot(path: open).ensureExists() }
+        #expect(e1?.message.contains("writable by others") == true, "\(e1?.message ?? "")")
+        let link = tmp.path + "/link"
+        let real = tmp.path + "/real"
+        #expect(mkdir(real, 0o700) == 0 && symlink(real, link) == 0)
+        let e2 = #expect(throws: PlasmaError.self) { try RuntimeRoot(path: link).ensureExists() }
+        #expect(e2?.message.contains("is a symlink") == true, "\(e2?.message ?? "")")
+    }
+
     // MARK: cancelled waits
 
     @Test func cancelledProcessWaitEndsAtOnceWithoutBurningCPU() async throws {
         let me = try #require(ProcessIdentity.of(pid: getpid()))
-        let wait = Task { () async throws -> Bool in try await me.waitForExit(timeout: .seconds(8)) }
+        let wait = Task { () async throws -> Bool in try await me.waitForExit(timeout: .seconds(60)) }
         try await Task.sleep(for: .milliseconds(200))
         let clock = ContinuousClock()
         let begin = clock.now
@@ -35,8 +165,10 @@ struct RuntimeSafetyTests {
         let result = await wait.result
         let spent = processCPUSeconds() - cpu
         #expect(throws: CancellationError.self) { try result.get() }
-        #expect(clock.now - begin < .seconds(4), "the cancelled wait went on for \(clock.now - begin)")
-        #expect(spent < 1.5, "the cancelled wait burnt \(spent) s of CPU")
+        // Bounds far from a prompt end and far from the hot loop this replaced (a core for
+        // the whole 60 s), as other tests share this process's CPU and threads.
+        #expect(clock.now - begin < .seconds(30), "the cancelled wait went on for \(clock.now - begin)")
+        #expect(spent < 15, "the cancelled wait burnt \(spent) s of CPU")
     }
 
     @Test func cancelledLockWaitEndsAtOnceAndGivesTheLockFileBack() async throws {
@@ -46,7 +178,7 @@ struct RuntimeSafetyTests {
         let holder = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         #expect(holder >= 0 && flock(holder, LOCK_EX) == 0)
         let vm = try VMName("busy")
-        let wait = Task { try await VMLock.acquire(path: path, vm: vm, timeout: .seconds(8)) }
+        let wait = Task { try await VMLock.acquire(path: path, vm: vm, timeout: .seconds(60)) }
         try await Task.sleep(for: .milliseconds(200))
         let clock = ContinuousClock()
         let begin = clock.now
@@ -55,8 +187,8 @@ struct RuntimeSafetyTests {
         let result = await wait.result
         let spent = processCPUSeconds() - cpu
         #expect(throws: CancellationError.self) { _ = try result.get() }
-        #expect(clock.now - begin < .seconds(4), "the cancelled lock wait went on for \(clock.now - begin)")
-        #expect(spent < 1.5, "the cancelled lock wait burnt \(spent) s of CPU")
+        #expect(clock.now - begin < .seconds(30), "the cancelled lock wait went on for \(clock.now - begin)")
+        #expect(spent < 15, "the cancelled lock wait burnt \(spent) s of CPU")
         #expect(openDescriptors(of: path) == 1, "the cancelled lock wait kept its lock file open")
         close(holder)
         let lock = try await VMLock.acquire(path: path, vm: vm, timeout: .seconds(5))
@@ -77,7 +209,8 @@ struct RuntimeSafetyTests {
         let kernel = tmp.path + "/vmlinuz"
         #expect(FileManager.default.createFile(atPath: kernel, contents: Data("k".utf8)))
         let left = try await TestRuntime.around { runtime in
-            let kvm = KVMHypervisor(root: RuntimeRoot(path: runtime.root), qemuBinary: fake)
+            var kvm = KVMHypervisor(root: RuntimeRoot(path: runtime.root), qemuBinary: fake)
+            kvm.launchTimeout = .seconds(60)
             let spec = VMSpec(name: try VMName("slow"), kernel: kernel, accel: .tcg)
             let create = Task { try await kvm.create(spec) }
             let launchRecord = runtime.root + "/slow/launch.json"
@@ -91,7 +224,7 @@ struct RuntimeSafetyTests {
             create.cancel()
             let result = await create.result
             #expect(throws: CancellationError.self) { _ = try result.get() }
-            #expect(clock.now - begin < .seconds(5), "the cancelled launch went on for \(clock.now - begin)")
+            #expect(clock.now - begin < .seconds(30), "the cancelled launch went on for \(clock.now - begin)")
             #expect(runtime.processes.isEmpty, "QEMU outlived the cancelled launch")
         }
         #expect(left.folders.isEmpty, "VM folders left behind: \(left.folders)")
