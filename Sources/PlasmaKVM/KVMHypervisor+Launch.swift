@@ -48,14 +48,6 @@ extension KVMHypervisor {
         return nil
     }
 
-    /// qcow2 by its magic, raw otherwise.
-    static func diskFormat(_ path: String) -> String {
-        guard let h = FileHandle(forReadingAtPath: path) else { return "raw" }
-        defer { try? h.close() }
-        let magic = (try? h.read(upToCount: 4)) ?? Data()
-        return magic == Data([0x51, 0x46, 0x49, 0xFB]) ? "qcow2" : "raw"
-    }
-
     func resolveAccel(_ accel: Accelerator, qemu: String) async throws -> String {
         switch accel {
         case .kvm: return "kvm"
@@ -68,13 +60,14 @@ extension KVMHypervisor {
 
     /// Spawns QEMU paused and waits for its monitor. On failure the process is gone and the
     /// error carries QEMU's exit status, its command line and the tail of its log.
-    func launch(_ spec: VMSpec, paths: RuntimePaths, qemu: String) async throws -> VMStatus {
+    /// `diskFormats` are the ones recorded at create, never probed here.
+    func launch(_ spec: VMSpec, diskFormats: [DiskFormat], paths: RuntimePaths, qemu: String) async throws -> VMStatus {
         let accel = try await resolveAccel(spec.accel, qemu: qemu)
         for stale in [paths.qmpSocket, paths.consoleSocket, paths.pidFile, paths.exit, paths.record, paths.launch] {
             unlink(stale)
         }
         let argv = QEMUCommandLine(binary: qemu, spec: spec, paths: paths, accel: accel,
-                                   diskFormats: spec.disks.map(Self.diskFormat)).arguments
+                                   diskFormats: diskFormats).arguments
         let exitPath = paths.exit
         let directory = paths.directory
         let pid: Int32

@@ -64,8 +64,10 @@ public struct KVMHypervisor: Hypervisor {
         }
         do {
             let lock = try await VMLock.acquire(path: paths.lock, vm: spec.name, timeout: .seconds(1))
-            try RecordFile.write(spec, to: paths.spec)
-            let status = try await launch(spec, paths: paths, qemu: qemu)
+            // The one time disk formats are probed (see SpecRecord).
+            let formats = spec.disks.map(Self.diskFormat)
+            try RecordFile.write(SpecRecord(spec: spec, diskFormats: formats), to: paths.spec)
+            let status = try await launch(spec, diskFormats: formats, paths: paths, qemu: qemu)
             withExtendedLifetime(lock) {}
             return status
         } catch {
@@ -86,11 +88,13 @@ public struct KVMHypervisor: Hypervisor {
             _ = try await qmp(name, client, "cont")
             return VMStatus(state: .running, pid: launch.process.pid, accel: launch.accel)
         }
-        guard let spec = try RecordFile.read(VMSpec.self, from: paths.spec) else {
+        guard let record = try RecordFile.read(SpecRecord.self, from: paths.spec) else {
             throw PlasmaError(.internal, "vm '\(name)': its spec.json is unreadable; delete the vm and create it again")
         }
+        let spec = record.spec
         try checkHost(spec)
-        let created = try await launch(spec, paths: paths, qemu: try Self.findQEMU(explicit: qemuBinary))
+        let created = try await launch(spec, diskFormats: try Self.recordedDiskFormats(record), paths: paths,
+                                       qemu: try Self.findQEMU(explicit: qemuBinary))
         guard let launch = try RecordFile.read(LaunchRecord.self, from: paths.launch) else {
             throw PlasmaError(.internal, "vm '\(name)': launch record missing after relaunch")
         }
