@@ -68,10 +68,16 @@ public struct RuntimeRoot: Sendable {
     }
 
     /// Every VM folder under the root, by name; none when the root does not exist.
-    /// - Throws: `unavailable` when the root cannot be trusted.
+    /// - Throws: `unavailable` when the root cannot be trusted or listed.
     func vmNames() throws -> [VMName] {
         guard try checkTrusted() else { return [] }
-        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: path) else { return [] }
+        let entries: [String]
+        do {
+            entries = try FileManager.default.contentsOfDirectory(atPath: path)
+        } catch {
+            throw PlasmaError(.unavailable, "cannot list runtime dir \(path); check its permissions or pass another --runtime-dir",
+                              cause: "\(error)")
+        }
         return entries.compactMap { e in
             guard let n = try? VMName(e) else { return nil }
             return FileManager.default.fileExists(atPath: paths(n).spec) ? n : nil

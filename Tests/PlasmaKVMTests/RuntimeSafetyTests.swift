@@ -230,4 +230,42 @@ struct RuntimeSafetyTests {
         #expect(left.folders.isEmpty, "VM folders left behind: \(left.folders)")
         #expect(left.processes.isEmpty, "processes left behind: \(left.processes)")
     }
+
+    /// Sets or clears the immutable attribute (which even root cannot delete through).
+    static func chattr(_ flag: String, _ path: String) -> Int32 {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/chattr")
+        p.arguments = [flag, path]
+        guard (try? p.run()) != nil else { return -1 }
+        p.waitUntilExit()
+        return p.terminationStatus
+    }
+
+    @Test(.enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/chattr"),
+                   "a folder even root cannot remove needs root and chattr"))
+    func cancelledDeleteStopsRetryingAtOnce() async throws {
+        let left = try await TestRuntime.around { runtime in
+            let kvm = KVMHypervisor(root: RuntimeRoot(path: runtime.root))
+            let name = try VMName("stuck")
+            let dir = runtime.root + "/stuck"
+            #expect(mkdir(dir, 0o700) == 0)
+            try RecordFile.write(VMSpec(name: name, kernel: "/k"), to: dir + "/spec.json")
+            let pinned = dir + "/pinned"
+            #expect(FileManager.default.createFile(atPath: pinned, contents: nil))
+            #expect(Self.chattr("+i", pinned) == 0)
+            defer {
+                _ = Self.chattr("-i", pinned)
+                try? FileManager.default.removeItem(atPath: dir)
+            }
+            let delete = Task {
+                while !Task.isCancelled { await Task.yield() }
+                try await kvm.delete(name)
+            }
+            delete.cancel()
+            let result = await delete.result
+            // Not five retries and "cannot remove": the cancellation, at the first wait.
+            #expect(throws: CancellationError.self) { try result.get() }
+        }
+        #expect(left.folders.isEmpty, "VM folders left behind: \(left.folders)")
+    }
 }
