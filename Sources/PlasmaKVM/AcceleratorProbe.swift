@@ -9,7 +9,8 @@ struct AcceleratorProbe: Sendable {
     var qemuBinary: String
     var cacheFile: String
 
-    func kvmUsable() async -> Bool {
+    /// - Throws: `CancellationError` when the calling task is cancelled (nothing is cached).
+    func kvmUsable() async throws -> Bool {
         let bootID = (try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8))?
             .trimmingCharacters(in: .whitespacesAndNewlines) ?? "unknown"
         let key = "\(bootID) \(qemuBinary)"
@@ -17,12 +18,12 @@ struct AcceleratorProbe: Sendable {
             let lines = cached.split(separator: "\n")
             if lines.count == 2, lines[0] == key { return lines[1] == "kvm" }
         }
-        let usable = await runProbe()
+        let usable = try await runProbe()
         try? "\(key)\n\(usable ? "kvm" : "tcg")\n".write(toFile: cacheFile, atomically: true, encoding: .utf8)
         return usable
     }
 
-    private func runProbe() async -> Bool {
+    private func runProbe() async throws -> Bool {
         let kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC)
         guard kvm >= 0 else { return false }
         close(kvm)
@@ -44,7 +45,12 @@ struct AcceleratorProbe: Sendable {
             if let exit = ChildProcesses.shared.exitRecord(of: pid) {
                 return exit.exited && exit.code == 0
             }
-            try? await Task.sleep(for: .milliseconds(2))
+            do {
+                try await Task.sleep(for: .milliseconds(2))
+            } catch {
+                _ = Glibc.kill(pid, SIGKILL)
+                throw error
+            }
         }
         _ = Glibc.kill(pid, SIGKILL)
         return false

@@ -48,21 +48,13 @@ extension KVMHypervisor {
         return nil
     }
 
-    /// qcow2 by its magic, raw otherwise.
-    static func diskFormat(_ path: String) -> String {
-        guard let h = FileHandle(forReadingAtPath: path) else { return "raw" }
-        defer { try? h.close() }
-        let magic = (try? h.read(upToCount: 4)) ?? Data()
-        return magic == Data([0x51, 0x46, 0x49, 0xFB]) ? "qcow2" : "raw"
-    }
-
-    func resolveAccel(_ accel: Accelerator, qemu: String) async -> String {
+    func resolveAccel(_ accel: Accelerator, qemu: String) async throws -> String {
         switch accel {
         case .kvm: return "kvm"
         case .tcg: return "tcg"
         case .auto:
             let probe = AcceleratorProbe(qemuBinary: qemu, cacheFile: root.path + "/.accel-probe")
-            return await probe.kvmUsable() ? "kvm" : "tcg"
+            return try await probe.kvmUsable() ? "kvm" : "tcg"
         }
     }
 
@@ -70,14 +62,16 @@ extension KVMHypervisor {
     /// port, and says "ready PID" or "error MESSAGE" on a pipe. On failure nothing of that
     /// launch runs any more, and the error carries the reason, QEMU's command line and the
     /// tail of its log.
-    func launch(_ spec: VMSpec, paths: RuntimePaths, qemu: String, supervisor: String) async throws -> VMStatus {
-        let accel = await resolveAccel(spec.accel, qemu: qemu)
+    /// `diskFormats` are the ones recorded at create, never probed here.
+    func launch(_ spec: VMSpec, diskFormats: [DiskFormat], paths: RuntimePaths, qemu: String,
+                supervisor: String) async throws -> VMStatus {
+        let accel = try await resolveAccel(spec.accel, qemu: qemu)
         for stale in [paths.qmpSocket, paths.qmpSupervisorSocket, paths.serialSocket, paths.consoleSocket,
                       paths.supervisorSocket, paths.pidFile, paths.exit, paths.record, paths.launch] {
             unlink(stale)
         }
         let argv = QEMUCommandLine(binary: qemu, spec: spec, paths: paths, accel: accel,
-                                   diskFormats: spec.disks.map(Self.diskFormat)).arguments
+                                   diskFormats: diskFormats).arguments
         var pipeFDs: [Int32] = [-1, -1]
         // Children get only fds 0-2 (plasma_spawn closes the rest), so no CLOEXEC race here.
         guard pipe(&pipeFDs) == 0 else {
@@ -101,7 +95,7 @@ extension KVMHypervisor {
         func failure(_ what: String) async -> PlasmaError {
             // SIGTERM makes a starting supervisor kill QEMU before it exits.
             sup.signal(SIGTERM)
-            if (try? await sup.waitForExit(timeout: .seconds(5))) != true { sup.signal(SIGKILL) }
+            if await !sup.waitForExitEvenIfCancelled(timeout: .seconds(5)) { sup.signal(SIGKILL) }
             let log = (RecordFile.tail(paths.qemuLog, maxBytes: 2048) ?? "")
                 .split(separator: "\n").suffix(5).joined(separator: "\n    ")
             let supLog = (RecordFile.tail(paths.supervisorLog, maxBytes: 1024) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)

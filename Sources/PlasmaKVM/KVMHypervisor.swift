@@ -74,9 +74,11 @@ public struct KVMHypervisor: Hypervisor {
         }
         do {
             let lock = try await VMLock.acquire(path: paths.lock, vm: spec.name, timeout: .seconds(1))
-            try RecordFile.write(spec, to: paths.spec)
+            // The one time disk formats are probed (see SpecRecord).
+            let formats = spec.disks.map(Self.diskFormat)
+            try RecordFile.write(SpecRecord(spec: spec, diskFormats: formats), to: paths.spec)
             EventLog.append(paths.events, kind: "create", state: .created)
-            let status = try await launch(spec, paths: paths, qemu: qemu, supervisor: supervisor)
+            let status = try await launch(spec, diskFormats: formats, paths: paths, qemu: qemu, supervisor: supervisor)
             withExtendedLifetime(lock) {}
             return status
         } catch {
@@ -87,7 +89,7 @@ public struct KVMHypervisor: Hypervisor {
 
     public func start(_ name: VMName) async throws -> VMStatus {
         let paths = try existing(name)
-        if let id = await identify(paths), id.qemu.isAlive {
+        if let id = try await identify(paths), id.qemu.isAlive {
             let client = try await connect(name, paths, id.qemu)
             defer { client.close() }
             let state = try await qmp(name, client, "query-status")["status"]?.stringValue
@@ -97,13 +99,15 @@ public struct KVMHypervisor: Hypervisor {
             _ = try await qmp(name, client, "cont")
             return VMStatus(state: .running, pid: id.qemu.pid, accel: id.accel)
         }
-        guard let spec = RecordFile.read(VMSpec.self, from: paths.spec) else {
-            throw PlasmaError(.internal, "vm '\(name)': its spec.json is unreadable; delete the vm and create it again")
+        guard let record = try RecordFile.read(SpecRecord.self, from: paths.spec) else {
+            throw PlasmaError(.internal, "vm '\(name)': its spec.json is missing; delete the vm and create it again")
         }
+        let spec = record.spec
         try checkHost(spec)
+        let formats = try Self.recordedDiskFormats(record)
         EventLog.append(paths.events, kind: "relaunch", state: .created)
-        let created = try await launch(spec, paths: paths, qemu: try Self.findQEMU(explicit: qemuBinary),
-                                       supervisor: try Supervisor.find())
+        let created = try await launch(spec, diskFormats: formats, paths: paths,
+                                       qemu: try Self.findQEMU(explicit: qemuBinary), supervisor: try Supervisor.find())
         guard let pid = created.pid, let process = ProcessIdentity.of(pid: pid) else {
             throw PlasmaError(.launchFailed, "vm '\(name)': QEMU ended right after its relaunch; see plasmavmc events \(name)")
         }
@@ -115,9 +119,9 @@ public struct KVMHypervisor: Hypervisor {
 
     public func status(_ name: VMName) async throws -> VMStatus {
         let paths = try existing(name)
-        guard let id = await identify(paths) else {
-            if let exit = readExit(paths) { return exit.status }
-            if let request = requestStatus(paths, accel: nil) { return request }
+        guard let id = try await identify(paths) else {
+            if let exit = try readExit(paths) { return exit.status }
+            if let request = try requestStatus(paths, accel: nil) { return request }
             if FileManager.default.fileExists(atPath: paths.launch) {
                 return VMStatus(state: .crashed, reason: "its launch record is unreadable and no QEMU of this vm is running",
                                 reasonCode: .supervisorLost)
@@ -147,22 +151,22 @@ public struct KVMHypervisor: Hypervisor {
         // QEMU is gone. Its supervisor writes exit.json right after reaping it.
         if let sup = id.supervisor {
             let deadline = ContinuousClock.now + .seconds(1)
-            while sup.isAlive, readExit(paths) == nil, ContinuousClock.now < deadline {
+            while sup.isAlive, try readExit(paths) == nil, ContinuousClock.now < deadline {
                 try await Task.sleep(for: .milliseconds(5))
             }
         }
-        if let exit = readExit(paths) {
+        if let exit = try readExit(paths) {
             var s = exit.status
             s.accel = id.accel
             return s
         }
-        return deadWithoutSupervisor(paths, id)
+        return try deadWithoutSupervisor(paths, id)
     }
 
     public func info(_ name: VMName) async throws -> VMInfo {
         let paths = try existing(name)
-        guard let spec = RecordFile.read(VMSpec.self, from: paths.spec) else {
-            throw PlasmaError(.internal, "vm '\(name)': its spec.json is unreadable; delete the vm and create it again")
+        guard let spec = try RecordFile.read(VMSpec.self, from: paths.spec) else {
+            throw PlasmaError(.internal, "vm '\(name)': its spec.json is missing; delete the vm and create it again")
         }
         return VMInfo(spec: spec, status: try await status(name), runtimeDirectory: paths.directory)
     }
@@ -171,7 +175,7 @@ public struct KVMHypervisor: Hypervisor {
         let clock = ContinuousClock()
         let begin = clock.now
         let paths = try existing(name)
-        guard let id = await identify(paths), id.qemu.isAlive else {
+        guard let id = try await identify(paths), id.qemu.isAlive else {
             recordBestEffort(paths, "stop", step: .alreadyGone)
             return StopOutcome(step: .alreadyGone, elapsed: clock.now - begin)
         }
@@ -199,7 +203,7 @@ public struct KVMHypervisor: Hypervisor {
 
     public func kill(_ name: VMName) async throws {
         let paths = try existing(name)
-        guard let id = await identify(paths), id.qemu.isAlive else {
+        guard let id = try await identify(paths), id.qemu.isAlive else {
             recordBestEffort(paths, "kill", step: nil)
             return
         }
@@ -233,7 +237,7 @@ public struct KVMHypervisor: Hypervisor {
 
     public func delete(_ name: VMName) async throws {
         let paths = try existing(name)
-        if let id = await identify(paths) {
+        if let id = try await identify(paths) {
             if id.qemu.isAlive {
                 throw PlasmaError(.invalidState, "cannot delete vm '\(name)': its QEMU (pid \(id.qemu.pid)) is still running; stop it first, or delete with force")
             }
@@ -255,7 +259,7 @@ public struct KVMHypervisor: Hypervisor {
     }
 
     public func list() async throws -> [VMName] {
-        root.vmNames()
+        try root.vmNames()
     }
 
     public func consoleLog(_ name: VMName, maxBytes: Int?) async throws -> String {
@@ -271,7 +275,7 @@ public struct KVMHypervisor: Hypervisor {
 
     public func consoleConnection(_ name: VMName) async throws -> Int32 {
         let paths = try existing(name)
-        guard let id = await identify(paths), id.qemu.isAlive else {
+        guard let id = try await identify(paths), id.qemu.isAlive else {
             throw PlasmaError(.invalidState, "vm '\(name)': QEMU is not running, so it has no console; start it first")
         }
         // The supervisor's console takes any number of clients; without a supervisor, QEMU's
@@ -313,7 +317,7 @@ public struct KVMHypervisor: Hypervisor {
 
     public func monitorCommand(_ name: VMName, _ command: String, argumentsJSON: String?) async throws -> String {
         let paths = try existing(name)
-        guard let id = await identify(paths), id.qemu.isAlive else {
+        guard let id = try await identify(paths), id.qemu.isAlive else {
             throw PlasmaError(.invalidState, "vm '\(name)': QEMU is not running; start it first")
         }
         var args: JSONValue?
@@ -336,7 +340,7 @@ public struct KVMHypervisor: Hypervisor {
 
     public func statusProbe(_ name: VMName) -> (any VMStatusProbe)? {
         guard let paths = try? existing(name),
-              let launch = RecordFile.read(LaunchRecord.self, from: paths.launch), launch.process.isAlive,
+              let launch = (try? RecordFile.read(LaunchRecord.self, from: paths.launch)) ?? nil, launch.process.isAlive,
               launch.supervisor?.isAlive == true,
               let conn = try? ControlConnection(paths.supervisorSocket, timeout: .milliseconds(200)) else { return nil }
         return StatusProbe(launch: launch, connection: conn)
@@ -381,7 +385,8 @@ public struct KVMHypervisor: Hypervisor {
 
     func existing(_ name: VMName) throws -> RuntimePaths {
         let paths = root.paths(name)
-        guard FileManager.default.fileExists(atPath: paths.spec) else {
+        guard try root.checkTrusted(), try paths.checkTrusted(),
+              FileManager.default.fileExists(atPath: paths.spec) else {
             throw PlasmaError(.notFound, "vm '\(name)' does not exist; see plasmavmc ls")
         }
         return paths
@@ -405,8 +410,9 @@ public struct KVMHypervisor: Hypervisor {
     /// unreadable, from the supervisor itself; else from QEMU's pidfile, believed only when
     /// that process's command line names this VM's monitor socket. A bad record never makes
     /// plasmavmc forget a live QEMU.
-    func identify(_ paths: RuntimePaths) async -> Identity? {
-        if let launch = RecordFile.read(LaunchRecord.self, from: paths.launch) {
+    /// - Throws: `unavailable` for a record plasmavmc must not trust (see `Ownership`).
+    func identify(_ paths: RuntimePaths) async throws -> Identity? {
+        if let launch = try Self.readUnlessGarbled(LaunchRecord.self, from: paths.launch) {
             return Identity(qemu: launch.process, supervisor: launch.supervisor, accel: launch.accel)
         }
         if let reply = try? await askStatus(paths, timeout: .milliseconds(500)), reply.qemu.isAlive {
@@ -441,8 +447,18 @@ public struct KVMHypervisor: Hypervisor {
         return try JSONDecoder().decode(Supervisor.StatusReply.self, from: Data(text.utf8))
     }
 
-    func readExit(_ paths: RuntimePaths) -> Supervisor.ExitRecord? {
-        RecordFile.read(Supervisor.ExitRecord.self, from: paths.exit)
+    func readExit(_ paths: RuntimePaths) throws -> Supervisor.ExitRecord? {
+        try Self.readUnlessGarbled(Supervisor.ExitRecord.self, from: paths.exit)
+    }
+
+    /// A record, or nil when it is missing or garbled (then the caller falls back to what
+    /// else it knows). A record that must not be trusted at all is still an error.
+    static func readUnlessGarbled<T: Decodable>(_ type: T.Type, from path: String) throws -> T? {
+        do {
+            return try RecordFile.read(type, from: path)
+        } catch let e as PlasmaError where e.code == .internal {
+            return nil
+        }
     }
 
     /// QEMU runs but its supervisor is gone: ask QEMU itself, briefly.
@@ -463,8 +479,8 @@ public struct KVMHypervisor: Hypervisor {
     }
 
     /// QEMU is gone and no supervisor recorded how.
-    private func deadWithoutSupervisor(_ paths: RuntimePaths, _ id: Identity) -> VMStatus {
-        if let request = requestStatus(paths, accel: id.accel) { return request }
+    private func deadWithoutSupervisor(_ paths: RuntimePaths, _ id: Identity) throws -> VMStatus {
+        if let request = try requestStatus(paths, accel: id.accel) { return request }
         if FileManager.default.fileExists(atPath: paths.pidFile) {
             return VMStatus(state: .crashed, reason: "QEMU died without shutting down while its supervisor was gone", reasonCode: .supervisorLost, accel: id.accel)
         }
@@ -472,8 +488,8 @@ public struct KVMHypervisor: Hypervisor {
     }
 
     /// What plasmavmc did to the VM while its supervisor was gone, if anything.
-    private func requestStatus(_ paths: RuntimePaths, accel: String?) -> VMStatus? {
-        let request = RecordFile.read(RequestRecord.self, from: paths.record)
+    private func requestStatus(_ paths: RuntimePaths, accel: String?) throws -> VMStatus? {
+        let request = try Self.readUnlessGarbled(RequestRecord.self, from: paths.record)
         switch request?.action {
         case "kill": return VMStatus(state: .stopped, reason: "killed by plasmavmc kill (SIGKILL)", reasonCode: .killed, accel: accel)
         case "stop": return VMStatus(state: .stopped, reason: "stopped by plasmavmc stop (step: \(request?.step ?? "stop"))", reasonCode: .stop, accel: accel)
@@ -545,7 +561,7 @@ public struct KVMHypervisor: Hypervisor {
 
     private func simpleCommand(_ name: VMName, _ command: String) async throws {
         let paths = try existing(name)
-        guard let id = await identify(paths), id.qemu.isAlive else {
+        guard let id = try await identify(paths), id.qemu.isAlive else {
             throw PlasmaError(.invalidState, "vm '\(name)': QEMU is not running; start it first")
         }
         let client = try await connect(name, paths, id.qemu)

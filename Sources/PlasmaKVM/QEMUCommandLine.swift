@@ -7,10 +7,11 @@ public struct QEMUCommandLine: Sendable {
     public var paths: RuntimePaths
     /// `kvm` or `tcg`: already resolved from `auto`.
     public var accel: String
-    /// Disk formats by index ("qcow2" or "raw"), detected by the caller.
-    public var diskFormats: [String]
+    /// Disk formats by index, as recorded at create (never probed from the images here: a
+    /// guest can rewrite a raw disk's first bytes). A missing one means raw.
+    public var diskFormats: [DiskFormat]
 
-    public init(binary: String, spec: VMSpec, paths: RuntimePaths, accel: String, diskFormats: [String]) {
+    public init(binary: String, spec: VMSpec, paths: RuntimePaths, accel: String, diskFormats: [DiskFormat]) {
         self.binary = binary
         self.spec = spec
         self.paths = paths
@@ -57,9 +58,9 @@ public struct QEMUCommandLine: Sendable {
             a += ["-append", append]
         }
         for (i, disk) in spec.disks.enumerated() {
-            let format = i < diskFormats.count ? diskFormats[i] : "raw"
+            let format = i < diskFormats.count ? diskFormats[i] : .raw
             a += ["-blockdev", "driver=file,filename=\(e(disk)),node-name=file\(i)",
-                  "-blockdev", "driver=\(format),file=file\(i),node-name=disk\(i)",
+                  "-blockdev", "driver=\(format.rawValue),file=file\(i),node-name=disk\(i)",
                   "-device", "virtio-blk-pci,drive=disk\(i)" + (spec.kernel == nil && i == 0 ? ",bootindex=0" : "")]
         }
         for (i, net) in spec.networks.enumerated() {

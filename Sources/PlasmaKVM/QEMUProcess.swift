@@ -48,7 +48,7 @@ struct ProcessIdentity: Codable, Sendable, Hashable {
     /// Polls until the process is gone or `timeout` passes. Returns whether it is gone.
     /// For a child of this process, "gone" also means reaped and its exit recorded, so that
     /// nothing writes into the VM's folder afterwards.
-    /// Ends at once, throwing `CancellationError`, when the task is cancelled.
+    /// - Throws: `CancellationError` at once when the calling task is cancelled.
     func waitForExit(timeout: Duration) async throws -> Bool {
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
@@ -59,6 +59,17 @@ struct ProcessIdentity: Codable, Sendable, Hashable {
             interval = min(interval * 2, .milliseconds(10))
         }
         return true
+    }
+
+    /// `waitForExit` for cleanup that must finish even when the caller is cancelled (after a
+    /// SIGKILL, so the wait is short): it runs in a task of its own, which the caller's
+    /// cancellation does not reach.
+    func waitForExitEvenIfCancelled(timeout: Duration) async -> Bool {
+        let wait = Task { try await waitForExit(timeout: timeout) }
+        switch await wait.result {
+        case .success(let gone): return gone
+        case .failure: return false
+        }
     }
 }
 

@@ -104,12 +104,18 @@ private struct State {
     var listeners: [UInt64: AsyncStream<QMPEvent>.Continuation] = [:]
     var greeting: JSONValue?
     var greetingWaiter: CheckedContinuation<JSONValue, any Error>?
+    /// When the reader fails a greeting still awaited.
+    var greetingDeadline: ContinuousClock.Instant?
+    var greetingTimeout: Duration = .zero
     var greetingFailure: QMPError?
     var closeWaiters: [CheckedContinuation<Void, Never>] = []
     /// Set once; after it the fd is closed or about to be.
     var closed = false
     var shutdownRequested = false
     var fd: Int32
+    /// Wakes the reader thread; closed with `fd` when the reader ends, so a closed connection
+    /// holds no descriptor. Signalled only under the lock, never after it is closed.
+    var wakeFD: Int32
     /// When the reader thread will next wake by itself to check deadlines.
     var readerWakeAt: ContinuousClock.Instant?
 }
@@ -117,27 +123,25 @@ private struct State {
 /// Everything the reader thread and callers share. The public client holds the core; the
 /// reader thread holds it too, so dropping the client shuts the socket down.
 ///
-/// Command timeouts are kept by the reader thread itself: it polls the socket with the
-/// nearest deadline (at most a second ahead) as its timeout, so a command costs no timer of
-/// its own; a command whose deadline is nearer than the reader's next wake signals an eventfd.
+/// Command and greeting timeouts are kept by the reader thread itself: it polls the socket
+/// with the nearest deadline (at most a second ahead) as its timeout, so a wait costs no timer
+/// of its own (and nothing outlives the connection); a deadline nearer than the reader's next
+/// wake signals an eventfd. The socket and the eventfd are closed when the reader ends, which
+/// `close()` makes happen at once.
 private final class Core: Sendable {
     let path: String
     let state: Mutex<State>
-    let wakeFD: Int32
 
     init(fd: Int32, path: String) {
         self.path = path
-        self.state = Mutex(State(fd: fd))
-        self.wakeFD = plasma_eventfd()
+        self.state = Mutex(State(fd: fd, wakeFD: plasma_eventfd()))
     }
-
-    deinit { if wakeFD >= 0 { Glibc.close(wakeFD) } }
 
     var isClosed: Bool { state.withLock { $0.closed } }
 
     func startReader() {
-        let fd = state.withLock { $0.fd }
-        let thread = Thread { [self] in self.readLoop(fd: fd) }
+        let (fd, wakeFD) = state.withLock { ($0.fd, $0.wakeFD) }
+        let thread = Thread { [self] in self.readLoop(fd: fd, wakeFD: wakeFD) }
         thread.name = "qmp-reader"
         thread.start()
     }
@@ -162,25 +166,33 @@ private final class Core: Sendable {
         }
     }
 
+    /// - Throws: `QMPError.greeting` after `timeout` or when the connection ends first,
+    ///   `CancellationError` at once when the calling task is cancelled.
     func awaitGreeting(timeout: Duration) async throws -> JSONValue {
-        let result: JSONValue = try await withCheckedThrowingContinuation { c in
-            let ready = state.withLock { st -> Result<JSONValue, any Error>? in
-                if let g = st.greeting { return .success(g) }
-                if let f = st.greetingFailure { return .failure(f) }
-                st.greetingWaiter = c
-                return nil
-            }
-            if let ready { c.resume(with: ready); return }
-            DispatchQueue.global().asyncAfter(deadline: .now() + timeout.seconds) { [self] in
-                let waiter = state.withLock { st -> CheckedContinuation<JSONValue, any Error>? in
-                    defer { st.greetingWaiter = nil }
-                    return st.greetingWaiter
+        let deadline = ContinuousClock.now + timeout
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<JSONValue, any Error>) in
+                let ready = state.withLock { st -> Result<JSONValue, any Error>? in
+                    if let g = st.greeting { return .success(g) }
+                    if let f = st.greetingFailure { return .failure(f) }
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    st.greetingWaiter = c
+                    st.greetingDeadline = deadline
+                    st.greetingTimeout = timeout
+                    if st.readerWakeAt.map({ deadline < $0 }) ?? true, st.wakeFD >= 0 {
+                        plasma_eventfd_signal(st.wakeFD)
+                    }
+                    return nil
                 }
-                waiter?.resume(throwing: QMPError.greeting(
-                    path: path, reason: "the socket accepted the connection but sent nothing within \(formatSeconds(timeout.seconds)); is another client holding the monitor?"))
+                if let ready { c.resume(with: ready) }
             }
+        } onCancel: {
+            let waiter = state.withLock { st -> CheckedContinuation<JSONValue, any Error>? in
+                defer { st.greetingWaiter = nil }
+                return st.greetingWaiter
+            }
+            waiter?.resume(throwing: CancellationError())
         }
-        return result
     }
 
     func subscribe() -> AsyncStream<QMPEvent> {
@@ -210,7 +222,6 @@ private final class Core: Sendable {
         let message = QMPWire.encode(command, arguments: arguments, id: id)
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<JSONValue, any Error>) in
-                var wake = false
                 let failure = state.withLock { st -> (any Error)? in
                     if st.closed || st.shutdownRequested { return QMPError.closed }
                     if Task.isCancelled { return CancellationError() }
@@ -219,11 +230,12 @@ private final class Core: Sendable {
                         st.pending[id] = nil
                         return QMPError.interrupted(command: command)
                     }
-                    wake = st.readerWakeAt.map { deadline < $0 } ?? true
+                    if st.readerWakeAt.map({ deadline < $0 }) ?? true, st.wakeFD >= 0 {
+                        plasma_eventfd_signal(st.wakeFD)
+                    }
                     return nil
                 }
-                if let failure { c.resume(throwing: failure); return }
-                if wake { plasma_eventfd_signal(wakeFD) }
+                if let failure { c.resume(throwing: failure) }
             }
         } onCancel: {
             self.fail(id: id, with: CancellationError())
@@ -253,7 +265,7 @@ private final class Core: Sendable {
 
     // MARK: reader thread
 
-    private func readLoop(fd: Int32) {
+    private func readLoop(fd: Int32, wakeFD: Int32) {
         let decoder = JSONDecoder()
         var buffer: [UInt8] = []
         buffer.reserveCapacity(1 << 16)
@@ -263,7 +275,8 @@ private final class Core: Sendable {
         while true {
             let timeoutMS = state.withLock { st -> Int32 in
                 let now = ContinuousClock.now
-                let wake = min(st.pending.values.map(\.deadline).min() ?? now + .seconds(1), now + .seconds(1))
+                var wake = min(st.pending.values.map(\.deadline).min() ?? now + .seconds(1), now + .seconds(1))
+                if st.greetingWaiter != nil, let g = st.greetingDeadline { wake = min(wake, g) }
                 st.readerWakeAt = wake
                 let ms = (wake - now).seconds * 1000
                 return ms <= 0 ? 0 : Int32(ms.rounded(.up))
@@ -290,13 +303,21 @@ private final class Core: Sendable {
 
     private func expireDeadlines() {
         let now = ContinuousClock.now
-        let expired = state.withLock { st -> [Pending] in
+        let (expired, greetingWaiter, greetingTimeout) = state.withLock { st in
             let ids = st.pending.filter { $0.value.deadline <= now }.map(\.key)
-            return ids.compactMap { st.pending.removeValue(forKey: $0) }
+            var waiter: CheckedContinuation<JSONValue, any Error>?
+            if let g = st.greetingDeadline, g <= now {
+                waiter = st.greetingWaiter
+                st.greetingWaiter = nil
+                st.greetingDeadline = nil
+            }
+            return (ids.compactMap { st.pending.removeValue(forKey: $0) }, waiter, st.greetingTimeout)
         }
         for p in expired {
             p.continuation.resume(throwing: QMPError.timeout(command: p.command, seconds: p.timeout.seconds))
         }
+        greetingWaiter?.resume(throwing: QMPError.greeting(
+            path: path, reason: "the socket accepted the connection but sent nothing within \(formatSeconds(greetingTimeout.seconds)); is another client holding the monitor?"))
     }
 
     private func handle(line: ArraySlice<UInt8>, decoder: JSONDecoder) {
@@ -332,6 +353,8 @@ private final class Core: Sendable {
             st.closed = true
             Glibc.close(st.fd)
             st.fd = -1
+            if st.wakeFD >= 0 { Glibc.close(st.wakeFD) }
+            st.wakeFD = -1
             let out = (Array(st.pending.values), Array(st.listeners.values), st.greetingWaiter, st.closeWaiters)
             st.pending = [:]
             st.listeners = [:]

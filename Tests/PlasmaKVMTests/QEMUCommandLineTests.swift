@@ -6,7 +6,7 @@ import Testing
 struct QEMUCommandLineTests {
     let paths = RuntimePaths(root: "/run/p,v", name: try! VMName("web"))
 
-    func argv(_ spec: VMSpec, formats: [String] = []) -> [String] {
+    func argv(_ spec: VMSpec, formats: [DiskFormat] = []) -> [String] {
         QEMUCommandLine(binary: "/usr/bin/qemu-system-x86_64", spec: spec, paths: paths, accel: "tcg",
                         diskFormats: formats).arguments
     }
@@ -42,7 +42,7 @@ struct QEMUCommandLineTests {
     }
 
     @Test func disksWithCommasBootFromTheFirstWithoutAKernel() throws {
-        let a = argv(VMSpec(name: try VMName("web"), disks: ["/d,1.qcow2", "/d2.raw"]), formats: ["qcow2", "raw"])
+        let a = argv(VMSpec(name: try VMName("web"), disks: ["/d,1.qcow2", "/d2.raw"]), formats: [.qcow2, .raw])
         #expect(!a.contains("-kernel") && !a.contains("-append"))
         #expect(value(a, "-blockdev") == "driver=file,filename=/d,,1.qcow2,node-name=file0")
         #expect(value(a, "-blockdev", 1) == "driver=qcow2,file=file0,node-name=disk0")
