@@ -117,7 +117,12 @@ struct KVMIntegrationTests {
             let n = try VMName("off")
             _ = try await m.create(try guestSpec("off", append: "quiet plasma.poweroff=now"))
             _ = try await m.start(n)
-            let s = try await waitForState(m, n, .stopped)
+            var s = try await waitForState(m, n, .stopped)
+            // "stopped" comes with QEMU's shutdown run state, a moment before it exits.
+            while s.pid != nil {
+                try await Task.sleep(for: .milliseconds(20))
+                s = try await m.status(n)
+            }
             #expect(s.reasonCode == .guestShutdown, "\(s)")
             #expect(s.reason?.contains("the guest shut down") == true, "\(s)")
             // A second manager (as another process would) derives the same state from the folder.
