@@ -540,6 +540,7 @@ static int qmp_read(void) {
         if (n == 0) return -1;
         if (n < 0) return (errno == EAGAIN || errno == EINTR) ? 0 : -1;
         buf_add(&qmp_in, b, (size_t)n);
+        if (qmp_in.len > (1u << 20) && !memchr(qmp_in.data, '\n', qmp_in.len)) qmp_in.len = 0;  /* no line that long */
         char *nl;
         while ((nl = memchr(qmp_in.data, '\n', qmp_in.len))) {
             size_t len = (size_t)(nl - qmp_in.data) + 1;
@@ -934,6 +935,9 @@ int main(int argc, char **argv) {
     }
     dir = argv[1];
     snprintf(accel, sizeof(accel), "%s", argv[2]);
+    if (dir[0] != '/') { fprintf(stderr, "plasmavmc-supervisor: DIR must be absolute\n"); return 2; }
+    /* Hold no folder of the caller's: a long-lived process must not keep a mount busy. */
+    if (chdir("/") != 0) { perror("plasmavmc-supervisor: chdir /"); return 1; }
 
     signal(SIGPIPE, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
