@@ -63,8 +63,9 @@ extension KVMHypervisor {
     /// launch runs any more, and the error carries the reason, QEMU's command line and the
     /// tail of its log.
     /// `diskFormats` are the ones recorded at create, never probed here.
+    /// `meanwhile` runs while QEMU starts; if it throws, the launch is undone.
     func launch(_ spec: VMSpec, diskFormats: [DiskFormat], paths: RuntimePaths, qemu: String,
-                supervisor: String) async throws -> VMStatus {
+                supervisor: String, meanwhile: () throws -> Void = {}) async throws -> VMStatus {
         let accel = try await resolveAccel(spec.accel, qemu: qemu)
         for stale in [paths.qmpSocket, paths.qmpSupervisorSocket, paths.serialSocket, paths.consoleSocket,
                       paths.supervisorSocket, paths.pidFile, paths.exit, paths.record, paths.launch] {
@@ -105,6 +106,12 @@ extension KVMHypervisor {
                                    + (supLog.isEmpty ? "" : "\n  supervisor log:\n    \(supLog)"))
         }
 
+        do {
+            try meanwhile()
+        } catch {
+            _ = await failure("launch undone")
+            throw error
+        }
         let line: String
         do {
             line = try await Self.readLine(readFD, timeout: launchTimeout + .seconds(5))
@@ -122,26 +129,43 @@ extension KVMHypervisor {
         throw await failure("the supervisor ended before QEMU was up" + (line.isEmpty ? "" : " (\(line))"))
     }
 
-    /// One line from a pipe within `timeout` ("" at end of file). Cancellation ends the wait.
+    /// One line from a pipe within `timeout` ("" at end of file), read on a thread of its own
+    /// (the line comes as soon as it is written). Cancellation ends the wait.
     static func readLine(_ fd: Int32, timeout: Duration) async throws -> String {
-        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-        let clock = ContinuousClock()
-        let deadline = clock.now + timeout
+        let cancelled = CancelFlag()
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<String, any Error>) in
+                let t = Thread {
+                    c.resume(with: Result { try readLineBlocking(fd, timeout: timeout, cancelled: cancelled) })
+                }
+                t.name = "supervisor-ready"
+                t.start()
+            }
+        } onCancel: {
+            cancelled.set()
+        }
+    }
+
+    private static func readLineBlocking(_ fd: Int32, timeout: Duration, cancelled: CancelFlag) throws -> String {
+        let deadline = ContinuousClock.now + timeout
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 512)
-        var interval = Duration.microseconds(200)
         while true {
+            if cancelled.isSet { throw CancellationError() }
+            let left = deadline - ContinuousClock.now
+            if left <= .zero { throw SysError("no answer", ETIMEDOUT) }
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let r = poll(&p, 1, Int32(clamping: min(left.milliseconds + 1, 50)))
+            if r < 0, errno != EINTR { throw SysError("waiting for the supervisor's pipe", errno) }
+            if r <= 0 { continue }
             let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n > 0 {
-                bytes.append(contentsOf: chunk[..<n])
-                if let nl = bytes.firstIndex(of: 0x0a) { return String(decoding: bytes[..<nl], as: UTF8.self) }
-                continue
-            }
             if n == 0 { return String(decoding: bytes, as: UTF8.self) }
-            if errno != EAGAIN && errno != EINTR { throw SysError("reading the supervisor's pipe", errno) }
-            if clock.now >= deadline { throw SysError("no answer", ETIMEDOUT) }
-            try await Task.sleep(for: interval)
-            interval = min(interval * 2, .milliseconds(1))
+            if n < 0 {
+                if errno == EAGAIN || errno == EINTR { continue }
+                throw SysError("reading the supervisor's pipe", errno)
+            }
+            bytes.append(contentsOf: chunk[..<n])
+            if let nl = bytes.firstIndex(of: 0x0a) { return String(decoding: bytes[..<nl], as: UTF8.self) }
         }
     }
 }

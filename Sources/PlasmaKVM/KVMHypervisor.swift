@@ -74,11 +74,13 @@ public struct KVMHypervisor: Hypervisor {
         }
         do {
             let lock = try await VMLock.acquire(path: paths.lock, vm: spec.name, timeout: .seconds(1))
-            // The one time disk formats are probed (see SpecRecord).
+            // The one time disk formats are probed (see SpecRecord). The spec is written while
+            // QEMU starts.
             let formats = spec.disks.map(Self.diskFormat)
-            try RecordFile.write(SpecRecord(spec: spec, diskFormats: formats), to: paths.spec)
             EventLog.append(paths.events, kind: "create", state: .created)
-            let status = try await launch(spec, diskFormats: formats, paths: paths, qemu: qemu, supervisor: supervisor)
+            let status = try await launch(spec, diskFormats: formats, paths: paths, qemu: qemu, supervisor: supervisor) {
+                try RecordFile.write(SpecRecord(spec: spec, diskFormats: formats), to: paths.spec)
+            }
             withExtendedLifetime(lock) {}
             return status
         } catch {
@@ -90,6 +92,10 @@ public struct KVMHypervisor: Hypervisor {
     public func start(_ name: VMName) async throws -> VMStatus {
         let paths = try existing(name)
         if let id = try await identify(paths), id.qemu.isAlive {
+            if id.supervisorAnswers {
+                try await cont(name, paths)
+                return VMStatus(state: .running, pid: id.qemu.pid, accel: id.accel)
+            }
             let client = try await connect(name, paths, id.qemu)
             defer { client.close() }
             let state = try await qmp(name, client, "query-status")["status"]?.stringValue
@@ -108,13 +114,30 @@ public struct KVMHypervisor: Hypervisor {
         EventLog.append(paths.events, kind: "relaunch", state: .created)
         let created = try await launch(spec, diskFormats: formats, paths: paths,
                                        qemu: try Self.findQEMU(explicit: qemuBinary), supervisor: try Supervisor.find())
-        guard let pid = created.pid, let process = ProcessIdentity.of(pid: pid) else {
+        guard let pid = created.pid, ProcessIdentity.of(pid: pid) != nil else {
             throw PlasmaError(.launchFailed, "vm '\(name)': QEMU ended right after its relaunch; see plasmavmc events \(name)")
         }
-        let client = try await connect(name, paths, process)
-        defer { client.close() }
-        _ = try await qmp(name, client, "cont")
+        try await cont(name, paths)
         return VMStatus(state: .running, pid: created.pid, accel: created.accel)
+    }
+
+    /// Runs a created VM through its supervisor (whose monitor is already negotiated).
+    private func cont(_ name: VMName, _ paths: RuntimePaths) async throws {
+        let text: String
+        do {
+            text = try await Supervisor.request(paths.supervisorSocket, "cont", timeout: .seconds(10))
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch {
+            throw PlasmaError(.unavailable, "vm '\(name)': its supervisor did not run it; check plasmavmc status \(name)",
+                              cause: "\(error)")
+        }
+        let reply = try JSONDecoder().decode(Supervisor.ContReply.self, from: Data(text.utf8))
+        if reply.ok == true { return }
+        if let state = reply.runstate {
+            throw PlasmaError(.invalidState, "cannot start vm '\(name)': its QEMU is already up (\(state)); stop it first")
+        }
+        throw PlasmaError(.qmp, "vm '\(name)': QMP 'cont' failed", cause: reply.error)
     }
 
     public func status(_ name: VMName) async throws -> VMStatus {

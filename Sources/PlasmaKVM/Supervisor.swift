@@ -54,6 +54,13 @@ enum Supervisor {
         var stopping: String?
     }
 
+    /// The supervisor's answer to `cont`.
+    struct ContReply: Codable {
+        var ok: Bool?
+        var error: String?
+        var runstate: String?
+    }
+
     /// The supervisor's answer to `stop MS` and `kill`, sent once QEMU has exited.
     struct StopReply: Codable {
         var step: String?

@@ -86,6 +86,7 @@ struct client {
     int fd, kind;
     struct buf in, out;
     int waiting;                 /* control: 1 while a stop or kill reply is owed */
+    int waiting_cont;            /* control: 1 while a cont reply is owed */
     int closing;                 /* close once out is flushed */
 };
 static struct client clients[MAX_CLIENTS];
@@ -496,6 +497,16 @@ static void qmp_send(const char *json) {
 
 static void query_status(void) { qmp_send("{\"execute\":\"query-status\",\"id\":\"sup-status\"}"); }
 
+/* Answers every client waiting for `cont`. */
+static void cont_replies(const char *text) {
+    for (int i = 0; i < nclients; i++) {
+        if (clients[i].kind == C_CONTROL && clients[i].waiting_cont) {
+            buf_add(&clients[i].out, text, strlen(text));
+            clients[i].waiting_cont = 0;
+        }
+    }
+}
+
 static void lower_kind(const char *event, char *out, size_t size) {
     size_t i = 0;
     for (; event[i] && i + 1 < size; i++) out[i] = event[i] == '_' ? '-' : (char)(event[i] | 0x20);
@@ -529,6 +540,21 @@ static void qmp_line(const char *line) {
     }
     if (strstr(line, "\"sup-status\"") && json_find(line, "status", val, sizeof(val))) {
         snprintf(runstate, sizeof(runstate), "%s", val);
+    }
+    if (strstr(line, "\"sup-cont\"")) {
+        if (strstr(line, "\"return\"")) {
+            if (!strcmp(runstate, "prelaunch")) snprintf(runstate, sizeof(runstate), "running");
+            cont_replies("{\"ok\":true}\n");
+        } else {
+            char desc[512] = "cont failed";
+            json_find(line, "desc", desc, sizeof(desc));
+            struct buf r = {0};
+            bprintf(&r, "{\"error\":");
+            json_str(&r, desc);
+            buf_add(&r, "}\n", 3);
+            cont_replies(r.data);
+            free(r.data);
+        }
     }
 }
 
@@ -646,6 +672,19 @@ static void control_line(struct client *c, char *line) {
         c->waiting = 1;
         if (qemu_gone) return;
         if (esc_phase == ESC_NONE) stop_begin(ms);
+    } else if (!strcmp(line, "cont")) {
+        /* start: only a VM that has not run yet; the rest is refused, never guessed at. */
+        if (strcmp(runstate, "prelaunch") || esc_phase != ESC_NONE || qmp_fd < 0) {
+            struct buf r = {0};
+            bprintf(&r, "{\"error\":\"not startable\",\"runstate\":");
+            json_str(&r, runstate);
+            buf_add(&r, "}\n", 2);
+            buf_add(&c->out, r.data, r.len);
+            free(r.data);
+            return;
+        }
+        c->waiting_cont = 1;
+        qmp_send("{\"execute\":\"cont\",\"id\":\"sup-cont\"}");
     } else if (!strcmp(line, "kill")) {
         c->waiting = 1;
         if (qemu_gone) return;
@@ -702,6 +741,7 @@ static void record_exit(void) {
     free(e.data);
     free(b.data);
     /* Owed replies. */
+    cont_replies("{\"error\":\"QEMU exited\"}\n");
     for (int i = 0; i < nclients; i++) {
         if (clients[i].kind == C_CONTROL && clients[i].waiting) {
             struct buf r = {0};
@@ -839,12 +879,12 @@ static int connect_while_starting(const char *name, long long deadline) {
         if (fd >= 0) return fd;
         if (!qemu_alive()) startup_fail("QEMU exited while starting (%s)", exit_text());
         if (now_ms() >= deadline) startup_fail("QEMU did not open %s within the launch timeout", name);
-        usleep(2000);
+        usleep(500);
     }
 }
 
-static void launch(char **argv, long long timeout_ms) {
-    long long deadline = now_ms() + timeout_ms;
+/* Forks and execs QEMU (paused: -S). */
+static void spawn_qemu(char **argv) {
     char path[4096];
     path_in(path, sizeof(path), "qemu.log");
     int log = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
@@ -874,7 +914,10 @@ static void launch(char **argv, long long timeout_ms) {
     char d[128];
     snprintf(d, sizeof(d), "\"pid\":%d,\"accel\":\"%s\"", (int)pid, accel);
     event_log("launch", d);
+}
 
+/* Waits for QEMU's monitor and serial port (QEMU initialises meanwhile). */
+static void connect_qemu(long long deadline) {
     qmp_fd = connect_while_starting("qmp-sup.sock", deadline);
     char line[LINE_MAX_BYTES];
     long long greet_by = now_ms() + 5000 < deadline ? now_ms() + 5000 : deadline;
@@ -951,6 +994,10 @@ int main(int argc, char **argv) {
     sig_fd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
     proc_stat(getpid(), &sup_start_time, NULL);
 
+    /* QEMU first: the records below are written while it initialises. */
+    long long deadline = now_ms() + launch_ms;
+    spawn_qemu(argv + sep + 1);
+
     /* Room for exit.json reserved now, while the disk has it. */
     {
         char tmp[4200], path[4096];
@@ -971,7 +1018,6 @@ int main(int argc, char **argv) {
     }
 
     console_open();
-    launch(argv + sep + 1, launch_ms);
     console_listen = listen_unix("console.sock");
     control_listen = listen_unix("supervisor.sock");
     if (console_listen < 0 || control_listen < 0)
@@ -992,6 +1038,8 @@ int main(int argc, char **argv) {
             startup_fail("cannot write launch.json: %s", strerror(errno));
         free(b.data);
     }
+
+    connect_qemu(deadline);
 
     if (abort_launch) startup_fail("launch aborted (SIGTERM)");
     signal(SIGTERM, SIG_DFL);   /* from now on QEMU outlives us, whatever ends us */
