@@ -146,7 +146,9 @@ public struct KVMHypervisor: Hypervisor {
         let gracefulEnd = begin + (timeout - forceBudget)
         var step: StopStep?
         if current.state == .running {
-            while step == nil, clock.now < gracefulEnd {
+            // A cancelled stop (Ctrl-C on a plan) skips the rest of the graceful wait and goes
+            // on to the forced steps, which take seconds, so the VM's lock is soon free.
+            while step == nil, clock.now < gracefulEnd, !Task.isCancelled {
                 if let client = try? await QMPClient.connect(path: paths.qmpSocket, timeout: greetingTimeout) {
                     _ = try? await client.execute("system_powerdown", timeout: greetingTimeout)
                     client.close()

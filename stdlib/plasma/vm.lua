@@ -1,12 +1,18 @@
-/// The friendly Lua API, compiled into the binary (the wrk pattern): a small native surface
-/// (`__plasma`) and this prelude on top of it. Blocking-looking calls yield the running
-/// coroutine to the Swift scheduler with an operation id; the scheduler resumes it with
-/// `true, results…` or `false, message`.
-let preludeSource = #"""
-local native = __plasma
+-- The plan prelude: the friendly `vm` API on a small native surface (`__plasma`), compiled
+-- into the plasmavmc binary at build time (the wrk pattern). The operations themselves are
+-- defined once, in Swift (Sources/PlasmaLua/VMAPI.swift); `native.api` lists them.
+--
+-- Blocking-looking calls in the scheduler's coroutines yield the private token and an
+-- operation id; the scheduler resumes them with `true, results…` or `false, message`. In a
+-- plan's own coroutines (coroutine.create/wrap) and in metamethods they run synchronously.
+local native = assert(__plasma, "plasma.vm is the plan prelude, loaded by plasmavmc itself; it cannot be required")
 __plasma = nil
-local yield, isyieldable = coroutine.yield, coroutine.isyieldable
+local TOKEN, scheduled, check_interrupt = native.token, native.scheduled, native.check_interrupt
+local rawyield, isyieldable, running = coroutine.yield, coroutine.isyieldable, coroutine.running
+local rawresume, rawclose = coroutine.resume, coroutine.close
+local rawpcall, rawxpcall = pcall, xpcall
 local getinfo, getuservalue = debug.getinfo, debug.getuservalue
+local pack, unpack = table.pack, table.unpack
 local PRELUDE = "=plasma.vm"
 
 -- Raise `msg` at the first frame outside this prelude, so errors point at the plan's line.
@@ -21,18 +27,54 @@ local function raise(msg)
   error(msg, level)
 end
 
--- Run native operation `name`: yields to the scheduler, returns its results or raises.
+-- An interrupt (--timeout, Ctrl-C, SIGTERM) caught by pcall, xpcall or coroutine.resume is
+-- raised again at once, so no plan can swallow it.
+local function after(ok, ...)
+  if not ok then check_interrupt() end
+  return ok, ...
+end
+function pcall(f, ...) return after(rawpcall(f, ...)) end
+function xpcall(f, handler, ...) return after(rawxpcall(f, handler, ...)) end
+function coroutine.resume(co, ...) return after(rawresume(co, ...)) end
+function coroutine.close(co) return after(rawclose(co)) end
+
+-- Whether the running coroutine is one of the scheduler's (else: a plan's own coroutine).
+local function in_scheduler()
+  return scheduled[running()] == true and isyieldable()
+end
+
+function coroutine.yield(...)
+  if scheduled[running()] then
+    raise("coroutine.yield: the plan's own code cannot yield to the scheduler; yield only inside coroutines the plan creates (coroutine.create/wrap)")
+  end
+  return rawyield(...)
+end
+
+-- Run native operation `name`: through the scheduler when it can, else synchronously.
 local function call(name, ...)
-  if not isyieldable() then
-    local r = table.pack(native.sync(name, ...))
-    if r[1] then return table.unpack(r, 2, r.n) end
+  if not in_scheduler() then
+    local r = pack(native.sync(name, ...))
+    if r[1] then return unpack(r, 2, r.n) end
     raise(r[2])
   end
-  local started, id = pcall(native.op, name, ...)
+  local started, id = rawpcall(native.op, name, ...)
   if not started then raise(id) end
-  local r = table.pack(yield(id))
-  if r[1] then return table.unpack(r, 2, r.n) end
+  local r = pack(rawyield(TOKEN, id))
+  if r[1] then return unpack(r, 2, r.n) end
   raise(r[2])
+end
+
+-- The one number check (Swift's NumberCheck): seconds, math.huge for "no limit" where
+-- `unlimited`; whole numbers >= 0 for offsets.
+local function seconds(value, place, field, fallback, unlimited)
+  local ok, s = rawpcall(native.seconds, value, place, field, fallback, unlimited)
+  if not ok then raise(s) end
+  return s
+end
+local function whole(value, place, field, fallback)
+  local ok, n = rawpcall(native.whole, value, place, field, fallback)
+  if not ok then raise(n) end
+  return n
 end
 
 local VM = {}          -- methods
@@ -70,6 +112,14 @@ local function options(opts, fname, allowed)
     end
   end
   return opts
+end
+
+-- A Lua pattern checked before use, so a malformed one is reported at the plan's line.
+local function pattern_ok(p, fname, what)
+  if type(p) ~= "string" then raise(("vm.%s: %s must be a string, got %s"):format(fname, what, type(p))) end
+  local ok, err = rawpcall(string.find, "", p)
+  if not ok then raise(("vm.%s: invalid pattern %q: %s"):format(fname, p, tostring(err):gsub("^.-:%d+: ", ""))) end
+  return p
 end
 
 local function wrap(name)
@@ -110,7 +160,18 @@ function vm.create(spec)
   return wrap(name)
 end
 
-function VM.start(v) call("start", target(v, "start")); return v end
+-- Plain methods come straight from the API definition.
+for _, op in ipairs(native.api) do
+  if op.style == "method" and op.binding ~= "prelude" then
+    local name, returns_self = op.name, op.binding == "self"
+    VM[name] = function(v)
+      local r = pack(call(name, target(v, name)))
+      if returns_self then return v end
+      return unpack(r, 1, r.n)
+    end
+  end
+end
+
 function VM.status(v)
   local name = target(v, "status")
   local state, reason = native.status_fast(name)
@@ -118,29 +179,26 @@ function VM.status(v)
   return call("status", name)
 end
 function VM.stop(v, opts)
+  local name = target(v, "stop")
   opts = options(opts, "stop", { timeout = "number" })
-  local step = call("stop", target(v, "stop"), opts.timeout or 30)
-  return step
+  return call("stop", name, seconds(opts.timeout, "vm.stop", "timeout", 30, false))
 end
-function VM.kill(v) call("kill", target(v, "kill")) end
-function VM.pause(v) call("pause", target(v, "pause")) end
-function VM.resume(v) call("resume", target(v, "resume")) end
 function VM.delete(v, opts)
   opts = options(opts, "delete", { force = "boolean" })
   call("delete", target(v, "delete"), opts.force == true)
   local f = fields(v)
   if f then f.deleted = true end
 end
-function VM.info(v) return call("info", target(v, "info")) end
-function VM.console_log(v) return call("console_log", target(v, "console_log")) end
 function VM.send_console(v, text)
+  local name = target(v, "send_console")
   if type(text) ~= "string" then raise("vm.send_console: text must be a string, got " .. type(text)) end
-  call("send_console", target(v, "send_console"), text)
+  call("send_console", name, text)
 end
 function VM.qmp(v, command, args)
+  local name = target(v, "qmp")
   if type(command) ~= "string" then raise("vm.qmp: command must be a string, got " .. type(command)) end
   if args ~= nil and type(args) ~= "table" then raise("vm.qmp: arguments must be a table, got " .. type(args)) end
-  return call("qmp", target(v, "qmp"), command, args)
+  return call("qmp", name, command, args)
 end
 
 local STATES = { created = true, running = true, paused = true, stopped = true, crashed = true }
@@ -151,7 +209,7 @@ function VM.wait_for(v, state, opts)
     raise(("vm.wait_for: state must be created, running, paused, stopped or crashed, got %s"):format(tostring(state)))
   end
   opts = options(opts, "wait_for", { timeout = "number" })
-  return call("wait_for", name, state, opts.timeout or 60)
+  return call("wait_for", name, state, seconds(opts.timeout, "vm.wait_for", "timeout", 60, true))
 end
 
 local function lines_of(text)
@@ -160,41 +218,67 @@ local function lines_of(text)
   return out
 end
 
--- Wait for a console line matching `pattern`; lines already logged before the call count too
--- unless opts.since is given (a byte offset from a previous read).
-function VM.wait_for_console(v, pattern, opts)
-  local name = target(v, "wait_for_console")
-  if type(pattern) ~= "string" then raise("vm.wait_for_console: pattern must be a string, got " .. type(pattern)) end
-  opts = options(opts, "wait_for_console", { timeout = "number", fail = "table", since = "number" })
-  local timeout = opts.timeout or 60
-  local deadline = native.now() + timeout
-  local offset = opts.since or 0
+-- Where each VM's console log ended when last read, so exec reads only what is new instead
+-- of the whole log on every call.
+local console_ends = {}
+
+local function console_read(name, offset)
+  local text, nextoff = call("console_read", name, offset)
+  console_ends[name] = nextoff
+  return text, nextoff
+end
+
+-- The console's current end: reads only what was logged since the last read.
+local function console_tail_offset(name)
+  local _, offset = console_read(name, console_ends[name] or 0)
+  return offset
+end
+
+-- The last console lines, for timeout messages.
+local function last_lines(name)
+  local tail = lines_of(call("console_tail", name, 600) .. "\n")
+  local shown = {}
+  for i = math.max(1, #tail - 5), #tail do shown[#shown + 1] = "  | " .. tail[i] end
+  return table.concat(shown, "\n")
+end
+
+-- Waits until `deadline` (native.now() time; math.huge: none) for a console line matching
+-- `pattern` from byte `offset` on; returns the line and the offset after it, or nil.
+local function await_line(name, pattern, offset, deadline, fail)
   local partial = ""
   while true do
-    local text, nextoff = call("console_read", name, offset)
+    local text, nextoff = console_read(name, offset)
     offset = nextoff
     local chunk = partial .. text
     local complete, rest = chunk:match("^(.*\n)(.*)$")
     if not complete then complete, rest = "", chunk end
     partial = rest
     for _, line in ipairs(lines_of(complete)) do
-      for _, bad in ipairs(opts.fail or {}) do
+      for _, bad in ipairs(fail or {}) do
         if line:find(bad) then
           raise(("vm '%s': console showed failure pattern %q: %s"):format(name, bad, line))
         end
       end
       if line:find(pattern) then return line, offset end
     end
-    if native.now() >= deadline then
-      local state = call("status", name)
-      local tail = lines_of(call("console_tail", name, 600) .. "\n")
-      local shown = {}
-      for i = math.max(1, #tail - 5), #tail do shown[#shown + 1] = "  | " .. tail[i] end
-      raise(("vm '%s': timed out after %gs waiting for console pattern %q (vm is %s); last console lines:\n%s")
-        :format(name, timeout, pattern, state, table.concat(shown, "\n")))
-    end
+    if native.now() >= deadline then return nil end
     call("sleep", 0.05)
   end
+end
+
+-- Wait for a console line matching `pattern`; lines already logged before the call count too
+-- unless opts.since is given (a byte offset from a previous read).
+function VM.wait_for_console(v, pattern, opts)
+  local name = target(v, "wait_for_console")
+  pattern_ok(pattern, "wait_for_console", "pattern")
+  opts = options(opts, "wait_for_console", { timeout = "number", fail = "table", since = "number" })
+  local timeout = seconds(opts.timeout, "vm.wait_for_console", "timeout", 60, true)
+  local since = whole(opts.since, "vm.wait_for_console", "since", 0)
+  for i, p in ipairs(opts.fail or {}) do pattern_ok(p, "wait_for_console", ("fail[%d]"):format(i)) end
+  local line, offset = await_line(name, pattern, since, native.now() + timeout, opts.fail)
+  if line then return line, offset end
+  raise(("vm '%s': timed out after %gs waiting for console pattern %q (vm is %s); last console lines:\n%s")
+    :format(name, timeout, pattern, (call("status", name)), last_lines(name)))
 end
 
 local exec_seq = 0
@@ -207,16 +291,15 @@ end
 -- makes sure a shell answers: a marker echoed back on a line of its own. The same line turns
 -- terminal echo and the prompt off, so neither the line editor's echo and redraws nor prompts
 -- mix with the command's output; exec restores both afterwards.
-local function await_shell(v, name, deadline)
+local function await_shell(name, deadline)
   while true do
     local tag = "__PLASMA_R_" .. unique_tag() .. "__"
-    local _, offset = call("console_read", name, 0)
+    local offset = console_tail_offset(name)
     -- The leading newline runs (harmlessly) whatever fragment a lost write left behind.
     call("send_console", name, "\nstty -echo; __plasma_ps1=$PS1; PS1=''; echo " .. tag .. "\n")
-    local remaining = deadline - native.now()
-    if remaining <= 0 then return false end
-    local ok = pcall(VM.wait_for_console, v, "^" .. tag .. "$", { timeout = math.min(2, remaining), since = offset })
-    if ok then return true end
+    local now = native.now()
+    if now >= deadline then return false end
+    if await_line(name, "^" .. tag .. "$", offset, math.min(now + 2, deadline)) then return true end
   end
 end
 
@@ -230,20 +313,23 @@ function VM.exec(v, cmd, opts)
   local name = target(v, "exec")
   if type(cmd) ~= "string" then raise("vm.exec: command must be a string, got " .. type(cmd)) end
   opts = options(opts, "exec", { timeout = "number" })
-  local timeout = opts.timeout or 60
+  local timeout = seconds(opts.timeout, "vm.exec", "timeout", 60, true)
   local deadline = native.now() + timeout
-  if not await_shell(v, name, deadline) then
+  if not await_shell(name, deadline) then
     raise(("vm '%s': exec: no shell answered on the serial console within %gs (vm is %s)"):format(
       name, timeout, (call("status", name))))
   end
   local tag = unique_tag()
   local start_mark, end_mark = "__PLASMA_S_" .. tag .. "__", "__PLASMA_E_" .. tag .. "__"
-  local _, offset = call("console_read", name, 0)
+  local offset = console_tail_offset(name)
   call("send_console", name, ("echo %s; %s\necho %s=$?\n"):format(start_mark, cmd, end_mark))
-  local line = VM.wait_for_console(v, end_mark .. "=%d+$",
-    { timeout = math.max(0.1, deadline - native.now()), since = offset })
+  local line = await_line(name, end_mark .. "=%d+$", offset, deadline)
+  if not line then
+    raise(("vm '%s': exec: timed out after %gs waiting for %q to finish (vm is %s); last console lines:\n%s")
+      :format(name, timeout, cmd, (call("status", name)), last_lines(name)))
+  end
   local code = tonumber(line:match("=(%d+)$"))
-  local text = call("console_read", name, offset)
+  local text = console_read(name, offset)
   -- With echo and prompt off the console shows: START\n output… [partial line]END=rc\n.
   local out, started = {}, false
   for _, l in ipairs(lines_of(text)) do
@@ -276,15 +362,14 @@ MT.__tostring = function(v)
   return ("vm<%s: %s>"):format(f.name, ok and state or "unknown")
 end
 MT.__eq = function(a, b) return getuservalue(a, 1).name == getuservalue(b, 1).name end
+-- Scope exit deletes the VM. Cleanup at the end of the session deletes it again if this
+-- failed (or could not run here), and reports it if that fails too.
 MT.__close = function(v)
   local f = getuservalue(v, 1)
   if f.deleted then return end
   f.deleted = true
-  if isyieldable() then
-    pcall(call, "delete", f.name, true)
-  else
-    native.defer_delete(f.name)
-  end
+  native.defer_delete(f.name)
+  if in_scheduler() then pcall(call, "delete", f.name, true) end
 end
 
 for k, fn in pairs(VM) do vm[k] = fn end
@@ -300,23 +385,33 @@ function vm.get(name)
   return nil, err
 end
 
+-- In the scheduler the branches run concurrently; in a plan's own coroutine they run one
+-- after another (nothing there can wait for two things at once).
 function vm.parallel(...)
-  local fns = table.pack(...)
+  local fns = pack(...)
   for i = 1, fns.n do
     if type(fns[i]) ~= "function" then raise(("vm.parallel: argument %d must be a function, got %s"):format(i, type(fns[i]))) end
   end
   if fns.n == 0 then return end
-  if not isyieldable() then raise("vm.parallel: cannot run here (not inside the plan's scheduler)") end
-  local r = table.pack(yield({ parallel = fns }))
+  if not in_scheduler() then
+    local results = {}
+    for i = 1, fns.n do
+      local r = pack(pcall(fns[i]))
+      if not r[1] then raise(("vm.parallel: branch %d failed: %s"):format(i, tostring(r[2]))) end
+      results[i] = r[2]
+    end
+    return unpack(results, 1, fns.n)
+  end
+  local r = pack(rawyield(TOKEN, "parallel", fns))
   if not r[1] then raise(r[2]) end
-  return table.unpack(r, 2, r.n)
+  return unpack(r, 2, r.n)
 end
 
-function sleep(seconds)
-  if type(seconds) ~= "number" or seconds < 0 then raise("sleep: seconds must be a number >= 0, got " .. tostring(seconds)) end
-  call("sleep", seconds)
+function sleep(s)
+  if type(s) ~= "number" then raise("sleep: 'seconds' must be a number, got " .. type(s)) end
+  call("sleep", seconds(s, "sleep", "seconds", 0, false))
 end
 
 _G.vm = vm
 _G.__plasma_now = native.now
-"""#
+_G.__plasma_api = native.api
