@@ -99,6 +99,8 @@ void plasma_where(lua_State *L, lua_State *co) {
 struct plasma_control {
     atomic_int claimed;
     atomic_int interrupted;
+    /* Set (Lua thread only) while the `<close>` handlers of abandoned coroutines run. */
+    int closing;
     char reason[256];
 };
 
@@ -147,8 +149,10 @@ static void count_hook(lua_State *L, lua_Debug *ar) {
     plasma_control *c = control_of(L);
     /* Raised again at every check once set, so a pcall that swallows it only gets to run
        another PLASMA_HOOK_COUNT instructions. */
-    if (c != NULL && plasma_control_is_interrupted(c)) raise_interrupt(L);
+    if (c != NULL && !c->closing && plasma_control_is_interrupted(c)) raise_interrupt(L);
 }
+
+void plasma_control_closing(plasma_control *c, int closing) { c->closing = closing; }
 
 enum { PLASMA_HOOK_COUNT = 1000 };
 
@@ -159,7 +163,7 @@ void plasma_install_interrupts(lua_State *L, plasma_control *control) {
 
 static int check_interrupt(lua_State *L) {
     plasma_control *c = control_of(L);
-    if (c != NULL && plasma_control_is_interrupted(c)) return raise_interrupt(L);
+    if (c != NULL && !c->closing && plasma_control_is_interrupted(c)) return raise_interrupt(L);
     return 0;
 }
 

@@ -254,7 +254,9 @@ extension LuaSession {
     /// Runs pending `<close>` handlers of a dead or abandoned coroutine. They cannot yield
     /// here, so a VM's __close leaves its deletion to cleanup.
     func closeVariables(_ co: OpaquePointer) {
+        plasma_control_closing(control, 1)
         _ = lua_resetthread(co)
+        plasma_control_closing(control, 0)
     }
 
     func finish(interruptedBy reason: String?) -> ChunkOutcome {

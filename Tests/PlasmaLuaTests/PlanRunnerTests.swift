@@ -157,6 +157,20 @@ struct PlanRunnerTests {
         #expect(try await fake.list().isEmpty)
     }
 
+    @Test(.timeLimit(.minutes(1)))
+    func anInterruptedPlansCloseVariablesAreRemovedEveryTime() async throws {
+        // The hook must not fire inside the <close> handlers that run after an interrupt.
+        for i in 0..<20 {
+            let outcome = await run("""
+                local c <close> = vm.create{name = "scoped\(i)", kernel = "/k"}
+                local function spin() local d <close> = vm.create{name = "inner\(i)", kernel = "/k"} while true do end end
+                vm.parallel(spin, function() sleep(60) end)
+                """, timeout: .milliseconds(100))
+            #expect(outcome.kind == .timedOut)
+        }
+        #expect(try await fake.list().isEmpty)
+    }
+
     @Test func theREPLSessionGoesOnAfterAnInterrupt() async throws {
         // An interrupted chunk leaves the flag cleared for the next one (as the REPL needs).
         let options = PlanOptions(source: "", chunkName: "=stdin", planDirectory: "/nonexistent", scriptName: "repl")

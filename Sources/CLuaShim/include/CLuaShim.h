@@ -44,6 +44,9 @@ int plasma_control_interrupt(plasma_control *c, const char *why);
 int plasma_control_is_interrupted(plasma_control *c);
 /// Clears the flag (Lua thread, between chunks: the REPL goes on after Ctrl-C).
 void plasma_control_clear(plasma_control *c);
+/// While set (Lua thread), the hook does not raise: the `<close>` handlers of coroutines the
+/// scheduler abandons run to their end (a VM's handler hands its deletion to cleanup).
+void plasma_control_closing(plasma_control *c, int closing);
 
 /// Installs the one permanent count hook on the main state, before any coroutine exists (so
 /// every coroutine inherits it): while `control` is set, Lua code fails with "plan <why>" at
