@@ -15,10 +15,11 @@ public struct CleanupFailure: Sendable, Equatable {
 /// Cleanup at the end of a session: ephemeral VMs and deferred `<close>` deletions are
 /// removed, and each one that cannot be is reported (never silently left running).
 extension LuaSession {
-    /// Names the session must remove, each once.
+    /// Names the session must remove, each once: ephemeral VMs, `<close>` VMs, and VMs whose
+    /// create finished after the plan stopped waiting for it (it never got them).
     var doomed: [String] {
         var seen = Set<String>()
-        return (ephemeral.all + deferredDeletes.all).filter { seen.insert($0).inserted }
+        return (ephemeral.all + deferredDeletes.all + unclaimed.all).filter { seen.insert($0).inserted }
     }
 
     /// Removes ephemeral VMs and those whose `<close>` deletion was deferred. Returns those

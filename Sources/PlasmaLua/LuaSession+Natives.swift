@@ -67,6 +67,7 @@ extension LuaSession {
         }
         register("newvm") { [unowned self] L in
             guard let name = LuaStack.string(L, 1) else { return .error("newvm: name expected") }
+            self.unclaimed.remove(name)
             self.push(L, .vm(name))
             return .results(1)
         }

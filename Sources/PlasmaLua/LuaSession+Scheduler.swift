@@ -367,6 +367,6 @@ extension LuaSession {
         guard let name = LuaStack.string(L, 1) else { throw PlasmaError(.internal, "operation name expected") }
         let top = lua_gettop(L)
         let args = top >= 2 ? (2...top).map { LuaStack.value(L, $0) } : []
-        return try VMAPI(manager: manager, ephemeral: ephemeral, created: created).make(name, args)
+        return try VMAPI(manager: manager, ephemeral: ephemeral, created: created, unclaimed: unclaimed).make(name, args)
     }
 }

@@ -32,6 +32,8 @@ public final class LuaSession: @unchecked Sendable {
     let ephemeral = NameList()
     let deferredDeletes = NameList()
     let created = NameList()
+    /// VMs created by an operation whose result no Lua code received yet (see VMAPI.unclaimed).
+    let unclaimed = NameList()
 
     // Lua thread only.
     /// The state; valid between `open` and `close`, on the session's thread only.

@@ -13,6 +13,9 @@ struct VMAPI: Sendable {
     /// VMs the plan made ephemeral (removed when it ends), and every VM it created.
     let ephemeral: NameList
     let created: NameList
+    /// VMs created whose object the plan has not received yet (an interrupt can come between):
+    /// removed at the end unless the plan got them.
+    let unclaimed: NameList
 
     typealias Work = @Sendable () async -> Result<[LuaValue], PlasmaError>
 
@@ -37,6 +40,25 @@ struct VMAPI: Sendable {
         case plainReturningSelf
     }
 
+    /// One key of an operation's options table (`v:stop{timeout=30}`): the prelude checks
+    /// options against these (unknown keys, types, the number check) and fills in defaults.
+    struct Option: Sendable {
+        enum Kind: String, Sendable {
+            /// Finite seconds >= 0 (NumberCheck).
+            case seconds
+            /// Seconds >= 0, or math.huge for no limit.
+            case secondsOrNoLimit = "seconds_or_no_limit"
+            /// A whole number >= 0 (a byte offset).
+            case offset
+            case boolean
+            /// A list of Lua patterns, each checked before use.
+            case patterns
+        }
+        var name: String
+        var kind: Kind
+        var fallback: LuaValue = .nil
+    }
+
     struct Operation: Sendable {
         var name: String
         var style: Style
@@ -44,6 +66,8 @@ struct VMAPI: Sendable {
         /// How a user calls it, e.g. `v:stop{timeout=30}`.
         var signature: String
         var summary: String
+        /// Its options table, if it takes one (the last argument).
+        var options: [Option] = []
         /// Builds the work from the arguments (after the target's name, which is argument 0
         /// for methods); nil for operations written in Lua alone.
         var make: (@Sendable (Call) throws(PlasmaError) -> Work)?
@@ -56,17 +80,24 @@ struct VMAPI: Sendable {
                   summary: "a VM object (v.name, v.id); state created") { c throws(PlasmaError) in
             let spec = try createSpec(c.args)
             let isEphemeral = c.arg(9).bool == true
-            let ephemeral = c.api.ephemeral, created = c.api.created, m = c.api.manager
+            let ephemeral = c.api.ephemeral, created = c.api.created, unclaimed = c.api.unclaimed, m = c.api.manager
             return c.run {
                 let name = spec.name.rawValue
                 // Marked before it exists, so cleanup removes it even when the plan is
-                // interrupted while the create is still under way.
+                // interrupted while the create is under way; the plan claims it on receipt.
                 let listed = ephemeral.all.contains(name)
                 if isEphemeral && !listed { ephemeral.append(name) }
+                unclaimed.append(name)
                 do {
                     _ = try await m.create(spec)
                 } catch {
-                    if isEphemeral && !listed { ephemeral.remove(name) }
+                    // A refused create made nothing (and a VM of that name may be someone
+                    // else's); a cancelled one may have made part of a VM: cleanup removes it.
+                    let cancelled = Task.isCancelled && (error as? PlasmaError)?.code != .alreadyExists
+                    if !cancelled {
+                        unclaimed.remove(name)
+                        if isEphemeral && !listed { ephemeral.remove(name) }
+                    }
                     throw error
                 }
                 created.append(name)
@@ -87,7 +118,8 @@ struct VMAPI: Sendable {
             }
         },
         Operation(name: "stop", style: .method, signature: "v:stop{timeout=30}",
-                  summary: "powerdown, then quit, SIGTERM, SIGKILL; returns the step that stopped it") { c throws(PlasmaError) in
+                  summary: "powerdown, then quit, SIGTERM, SIGKILL; returns the step that stopped it",
+                  options: [Option(name: "timeout", kind: .seconds, fallback: .int(30))]) { c throws(PlasmaError) in
             let n = try c.vm(), m = c.api.manager
             let seconds = try NumberCheck.seconds(c.arg(1), "vm.stop", "timeout", fallback: 30)!
             return c.run {
@@ -111,7 +143,8 @@ struct VMAPI: Sendable {
             return c.run { try await m.resume(n); return [] }
         },
         Operation(name: "delete", style: .method, signature: "v:delete{force=false}",
-                  summary: "remove the VM; later calls on v raise") { c throws(PlasmaError) in
+                  summary: "remove the VM; later calls on v raise",
+                  options: [Option(name: "force", kind: .boolean, fallback: .bool(false))]) { c throws(PlasmaError) in
             let n = try c.vm(), m = c.api.manager
             let force = c.arg(1).bool == true
             let ephemeral = c.api.ephemeral
@@ -127,7 +160,8 @@ struct VMAPI: Sendable {
             return c.run { [infoTable(try await m.info(n))] }
         },
         Operation(name: "wait_for", style: .method, signature: "v:wait_for(state, {timeout=60})",
-                  summary: "wait for a state (math.huge: no limit)") { c throws(PlasmaError) in
+                  summary: "wait for a state (math.huge: no limit)",
+                  options: [Option(name: "timeout", kind: .secondsOrNoLimit, fallback: .int(60))]) { c throws(PlasmaError) in
             let n = try c.vm(), m = c.api.manager
             guard let wanted = c.arg(1).string.flatMap(VMState.init(rawValue:)) else {
                 throw PlasmaError(.invalidArgument, "vm.wait_for: unknown state")
@@ -150,7 +184,9 @@ struct VMAPI: Sendable {
             }
         },
         Operation(name: "wait_for_console", style: .method, signature: "v:wait_for_console(pattern, {timeout=60, fail={}, since=0})",
-                  summary: "the first console line matching a Lua pattern, and the offset after it"),
+                  summary: "the first console line matching a Lua pattern, and the offset after it",
+                  options: [Option(name: "timeout", kind: .secondsOrNoLimit, fallback: .int(60)),
+                            Option(name: "fail", kind: .patterns), Option(name: "since", kind: .offset, fallback: .int(0))]),
         Operation(name: "send_console", style: .method, signature: "v:send_console(text)",
                   summary: "type on the serial console") { c throws(PlasmaError) in
             let n = try c.vm(), m = c.api.manager
@@ -163,7 +199,8 @@ struct VMAPI: Sendable {
             return c.run { [.string(try await m.consoleLog(n))] }
         },
         Operation(name: "exec", style: .method, signature: "v:exec(cmd, {timeout=60})",
-                  summary: "exit code and output of cmd in the guest's serial shell"),
+                  summary: "exit code and output of cmd in the guest's serial shell",
+                  options: [Option(name: "timeout", kind: .secondsOrNoLimit, fallback: .int(60))]),
         Operation(name: "qmp", style: .method, signature: "v:qmp(command, args)",
                   summary: "a raw QMP reply as a table") { c throws(PlasmaError) in
             let n = try c.vm(), m = c.api.manager
@@ -226,7 +263,8 @@ struct VMAPI: Sendable {
 
     static let byName: [String: Operation] = Dictionary(uniqueKeysWithValues: operations.map { ($0.name, $0) })
 
-    /// The public operations, for the Lua side: `{name=, style=, binding=, signature=, summary=}`.
+    /// The public operations, for the Lua side: `{name=, style=, binding=, signature=, summary=,
+    /// options={key={kind=, default=}}}`.
     static var reference: LuaValue {
         .array(operations.filter { $0.style != .internal }.map { op in
             let binding: String
@@ -235,8 +273,12 @@ struct VMAPI: Sendable {
             case .plain: binding = "plain"
             case .plainReturningSelf: binding = "self"
             }
+            let options: [String: LuaValue] = Dictionary(uniqueKeysWithValues: op.options.map { o in
+                (o.name, .table(["kind": .string(o.kind.rawValue), "default": o.fallback]))
+            })
             return .table(["name": .string(op.name), "style": .string(op.style.rawValue), "binding": .string(binding),
-                           "signature": .string(op.signature), "summary": .string(op.summary)])
+                           "signature": .string(op.signature), "summary": .string(op.summary),
+                           "options": options.isEmpty ? .nil : .table(options)])
         })
     }
 

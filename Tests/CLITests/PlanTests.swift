@@ -335,6 +335,21 @@ struct HostilePlanTests {
         #expect(r.stdout == "prelaunch\n", "\(r.stdout)")
     }
 
+    @Test func anExecTimeoutReportsTheTimeoutAskedFor() async throws {
+        try await base.withCLI(env: env) { (cli: CLIRunner, runtime: TestRuntime) async throws in
+            let code = """
+                package.path = 'Tests/plans/?.lua;' .. package.path
+                local v = require('guest').boot('slow-exec')
+                assert(v:exec('true') == 0)
+                v:exec('sleep 30', {timeout = 3})
+                """
+            let r = try await cli.run(["run", "-e", code])
+            #expect(r.status == 1, "\(r.stderr)")
+            #expect(r.errorLine.contains(#"(command line):4: vm 'slow-exec': exec: timed out after 3s waiting for "sleep 30" to finish"#), "\(r.stderr)")
+            #expect(runtime.vmFolders.isEmpty)
+        }
+    }
+
     @Test func anInvalidPatternIsReportedAtThePlansLine() async throws {
         let r = try await hostile("\nv:start() v:wait_for_console('[', {timeout = 5})")
         expectError(r, 1, "plasmavmc: error: (command line):2: vm.wait_for_console: invalid pattern")

@@ -55,6 +55,9 @@ struct APIDefinitionTests {
         #expect(entries.count == api.count)
         for op in api {
             #expect(!op.signature.isEmpty && !op.summary.isEmpty, "\(op.name) needs a signature and a summary for help()")
+            for option in op.options {
+                #expect(op.signature.contains(option.name + "="), "help for \(op.name) does not show its option \(option.name)")
+            }
         }
         // Every operation the prelude calls natively has Swift behind it, and each name is unique.
         #expect(Set(VMAPI.operations.map(\.name)).count == VMAPI.operations.count)

@@ -122,6 +122,44 @@ local function pattern_ok(p, fname, what)
   return p
 end
 
+-- Options tables checked against the API definition (VMAPI's options of each operation):
+-- unknown keys and wrong types are errors, numbers go through the one number check, and
+-- missing keys get their defaults.
+local OPTIONS = {}
+for _, op in ipairs(native.api) do OPTIONS[op.name] = op.options end
+
+local function checked_options(fname, opts)
+  local schema = OPTIONS[fname] or {}
+  local place = "vm." .. fname
+  if opts == nil then opts = {} end
+  if type(opts) ~= "table" then raise(("%s: options must be a table, got %s"):format(place, type(opts))) end
+  for k in pairs(opts) do
+    if schema[k] == nil then raise(("%s: unknown option '%s'"):format(place, tostring(k))) end
+  end
+  local out = {}
+  for key, o in pairs(schema) do
+    local v, kind = opts[key], o.kind
+    if kind == "seconds" or kind == "seconds_or_no_limit" then
+      if v ~= nil and type(v) ~= "number" then raise(("%s: '%s' must be a number, got %s"):format(place, key, type(v))) end
+      out[key] = seconds(v, place, key, o.default, kind == "seconds_or_no_limit")
+    elseif kind == "offset" then
+      if v ~= nil and type(v) ~= "number" then raise(("%s: '%s' must be a number, got %s"):format(place, key, type(v))) end
+      out[key] = whole(v, place, key, o.default)
+    elseif kind == "boolean" then
+      if v ~= nil and type(v) ~= "boolean" then raise(("%s: '%s' must be a boolean, got %s"):format(place, key, type(v))) end
+      if v == nil then v = o.default end
+      out[key] = v
+    elseif kind == "patterns" then
+      if v ~= nil and type(v) ~= "table" then raise(("%s: '%s' must be a table, got %s"):format(place, key, type(v))) end
+      for i, p in ipairs(v or {}) do pattern_ok(p, fname, ("%s[%d]"):format(key, i)) end
+      out[key] = v or {}
+    else
+      raise(("internal: option kind %s of %s"):format(tostring(kind), place))
+    end
+  end
+  return out
+end
+
 local function wrap(name)
   return native.newvm(name)
 end
@@ -180,12 +218,13 @@ function VM.status(v)
 end
 function VM.stop(v, opts)
   local name = target(v, "stop")
-  opts = options(opts, "stop", { timeout = "number" })
-  return call("stop", name, seconds(opts.timeout, "vm.stop", "timeout", 30, false))
+  opts = checked_options("stop", opts)
+  return call("stop", name, opts.timeout)
 end
 function VM.delete(v, opts)
-  opts = options(opts, "delete", { force = "boolean" })
-  call("delete", target(v, "delete"), opts.force == true)
+  local name = target(v, "delete")
+  opts = checked_options("delete", opts)
+  call("delete", name, opts.force)
   local f = fields(v)
   if f then f.deleted = true end
 end
@@ -208,8 +247,8 @@ function VM.wait_for(v, state, opts)
   if not STATES[state] then
     raise(("vm.wait_for: state must be created, running, paused, stopped or crashed, got %s"):format(tostring(state)))
   end
-  opts = options(opts, "wait_for", { timeout = "number" })
-  return call("wait_for", name, state, seconds(opts.timeout, "vm.wait_for", "timeout", 60, true))
+  opts = checked_options("wait_for", opts)
+  return call("wait_for", name, state, opts.timeout)
 end
 
 local function lines_of(text)
@@ -271,11 +310,9 @@ end
 function VM.wait_for_console(v, pattern, opts)
   local name = target(v, "wait_for_console")
   pattern_ok(pattern, "wait_for_console", "pattern")
-  opts = options(opts, "wait_for_console", { timeout = "number", fail = "table", since = "number" })
-  local timeout = seconds(opts.timeout, "vm.wait_for_console", "timeout", 60, true)
-  local since = whole(opts.since, "vm.wait_for_console", "since", 0)
-  for i, p in ipairs(opts.fail or {}) do pattern_ok(p, "wait_for_console", ("fail[%d]"):format(i)) end
-  local line, offset = await_line(name, pattern, since, native.now() + timeout, opts.fail)
+  opts = checked_options("wait_for_console", opts)
+  local timeout = opts.timeout
+  local line, offset = await_line(name, pattern, opts.since, native.now() + timeout, opts.fail)
   if line then return line, offset end
   raise(("vm '%s': timed out after %gs waiting for console pattern %q (vm is %s); last console lines:\n%s")
     :format(name, timeout, pattern, (call("status", name)), last_lines(name)))
@@ -312,8 +349,8 @@ end
 function VM.exec(v, cmd, opts)
   local name = target(v, "exec")
   if type(cmd) ~= "string" then raise("vm.exec: command must be a string, got " .. type(cmd)) end
-  opts = options(opts, "exec", { timeout = "number" })
-  local timeout = seconds(opts.timeout, "vm.exec", "timeout", 60, true)
+  opts = checked_options("exec", opts)
+  local timeout = opts.timeout
   local deadline = native.now() + timeout
   if not await_shell(name, deadline) then
     raise(("vm '%s': exec: no shell answered on the serial console within %gs (vm is %s)"):format(
