@@ -296,8 +296,11 @@ extension LuaSession {
     func settle() {
         for (_, task) in tasks { task.cancel() }
         for id in Array(coroutines.keys) { cancel(id) }
-        // Wait (bounded) for cancelled operations to settle before deleting their VMs.
-        let deadline = Date().addingTimeInterval(10)
+        // Wait (bounded) for cancelled operations to settle before deleting their VMs: a
+        // create still running could otherwise finish after cleanup. Cancelled operations end
+        // in about a second (a stop goes to its forced steps); the bound is for a starved or
+        // stuck one, and a second Ctrl-C ends the wait.
+        let deadline = Date().addingTimeInterval(30)
         inbox.lock()
         while !tasks.isEmpty {
             for (op, _) in completions { tasks[op] = nil }

@@ -81,23 +81,29 @@ struct VMAPI: Sendable {
             let spec = try createSpec(c.args)
             let isEphemeral = c.arg(9).bool == true
             let ephemeral = c.api.ephemeral, created = c.api.created, unclaimed = c.api.unclaimed, m = c.api.manager
+            // Marked now, on the Lua thread, before the task can run: cleanup then knows the
+            // VM even when the plan is interrupted before or while the create runs; the plan
+            // claims it when Lua gets its object.
+            let name = spec.name.rawValue
+            let listed = ephemeral.all.contains(name)
+            if isEphemeral && !listed { ephemeral.append(name) }
+            unclaimed.append(name)
+            let unmark: @Sendable () -> Void = {
+                unclaimed.remove(name)
+                if isEphemeral && !listed { ephemeral.remove(name) }
+            }
             return c.run {
-                let name = spec.name.rawValue
-                // Marked before it exists, so cleanup removes it even when the plan is
-                // interrupted while the create is under way; the plan claims it on receipt.
-                let listed = ephemeral.all.contains(name)
-                if isEphemeral && !listed { ephemeral.append(name) }
-                unclaimed.append(name)
+                guard !Task.isCancelled else {
+                    unmark()  // cancelled before it began: nothing was made
+                    throw CancellationError()
+                }
                 do {
                     _ = try await m.create(spec)
                 } catch {
                     // A refused create made nothing (and a VM of that name may be someone
                     // else's); a cancelled one may have made part of a VM: cleanup removes it.
                     let cancelled = Task.isCancelled && (error as? PlasmaError)?.code != .alreadyExists
-                    if !cancelled {
-                        unclaimed.remove(name)
-                        if isEphemeral && !listed { ephemeral.remove(name) }
-                    }
+                    if !cancelled { unmark() }
                     throw error
                 }
                 created.append(name)
@@ -299,6 +305,8 @@ struct VMAPI: Sendable {
             let op = self.op
             return {
                 do {
+                    // A task cancelled before it ran (the plan ended meanwhile) does nothing.
+                    try Task.checkCancellation()
                     return .success(try await body())
                 } catch let e as PlasmaError {
                     return .failure(e)
