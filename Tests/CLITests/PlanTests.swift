@@ -350,6 +350,29 @@ struct HostilePlanTests {
         }
     }
 
+    @Test func execReadsOnlyTheNewConsoleOutput() async throws {
+        try await base.withCLI(env: env) { (cli: CLIRunner, runtime: TestRuntime) async throws in
+            // 10 MB in the console log, then five execs: each used to read the whole log twice.
+            let code = """
+                package.path = 'Tests/plans/?.lua;' .. package.path
+                local v = require('guest').boot('big-log')
+                local function rchar() return tonumber(io.open('/proc/self/io'):read('a'):match('rchar: (%d+)')) end
+                local f = assert(io.open(v:info().dir .. '/console.log', 'a'))
+                f:write(string.rep(string.rep('x', 99) .. '\\n', 100000))
+                f:close()
+                assert(v:exec('true') == 0)
+                local before = rchar()
+                for i = 1, 5 do assert(select(2, v:exec('echo hi')) == 'hi\\n') end
+                print(rchar() - before)
+                """
+            let r = try await cli.run(["run", "-e", code])
+            #expect(r.status == 0, "\(r.stderr)")
+            let bytes = Int(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? Int.max
+            #expect(bytes < 3_000_000, "five execs read \(bytes) bytes")
+            #expect(runtime.vmFolders.isEmpty)
+        }
+    }
+
     @Test func anInvalidPatternIsReportedAtThePlansLine() async throws {
         let r = try await hostile("\nv:start() v:wait_for_console('[', {timeout = 5})")
         expectError(r, 1, "plasmavmc: error: (command line):2: vm.wait_for_console: invalid pattern")
