@@ -277,7 +277,11 @@ extension LuaSession {
             default: return ChunkOutcome(kind: .success, message: nil)
             }
         case .failure(_, let message)?:
-            if pending != nil { return ChunkOutcome(kind: kind, message: message) }
+            if let pending {
+                // The interrupt ended the plan from inside Lua: say so plainly, then where it was.
+                let trace = message.range(of: "\nstack traceback:").map { String(message[$0.lowerBound...]) } ?? ""
+                return ChunkOutcome(kind: kind, message: "plan \(pending)" + trace)
+            }
             return ChunkOutcome(kind: .runtimeError, message: message)
         case nil, .branch?:
             return ChunkOutcome(kind: .runtimeError, message: "internal: the chunk ended without a result")
