@@ -2,9 +2,9 @@ import Foundation
 import PlasmaVMM
 
 /// The one definition of the `vm` API. Each operation is one entry: its Lua name, how it is
-/// called, its signature and summary (the REPL's `help()` and the API consistency test read
-/// these) and, for operations backed by Swift, how its checked arguments become the work to
-/// run as a task. The prelude (stdlib/plasma/vm.lua) builds the Lua functions on top: plain
+/// called, its arguments and options with their kinds (the prelude checks calls against them;
+/// the signature `help()` shows is derived from them), a summary and, for operations backed by
+/// Swift, how its checked arguments become the work to run as a task. The prelude (stdlib/plasma/vm.lua) builds the Lua functions on top: plain
 /// methods straight from this table, composed ones (exec, wait_for_console…) by hand.
 /// Adding a method is one entry here, plus its stub in stdlib/meta/plasmavmc.lua and its row
 /// in the README (a test checks that those three agree).
@@ -59,15 +59,42 @@ struct VMAPI: Sendable {
         var fallback: LuaValue = .nil
     }
 
+    /// One positional argument (after the VM for methods). The prelude checks arguments
+    /// against these before anything runs.
+    struct Parameter: Sendable {
+        enum Kind: String, Sendable {
+            case string
+            /// A Lua pattern, checked before use.
+            case pattern
+            /// A VM state name.
+            case state
+            /// A table or nil.
+            case table
+            /// Seconds (the one number check).
+            case seconds
+            /// Any number of functions (the rest of the arguments).
+            case functions
+        }
+        var name: String
+        var kind: Kind
+
+        init(_ name: String, _ kind: Kind) {
+            self.name = name
+            self.kind = kind
+        }
+    }
+
     struct Operation: Sendable {
         var name: String
         var style: Style
         var binding: Binding = .prelude
-        /// How a user calls it, e.g. `v:stop{timeout=30}`.
-        var signature: String
-        var summary: String
+        /// Positional arguments (after the VM for methods).
+        var parameters: [Parameter] = []
         /// Its options table, if it takes one (the last argument).
         var options: [Option] = []
+        /// How a user calls it when that is not derived from the parameters (vm.create's spec).
+        var signatureOverride: String?
+        var summary: String
         /// Builds the work from the arguments (after the target's name, which is argument 0
         /// for methods); nil for operations written in Lua alone.
         var make: (@Sendable (Call) throws(PlasmaError) -> Work)?
@@ -76,7 +103,7 @@ struct VMAPI: Sendable {
     /// Every operation, in the order help lists them.
     static let operations: [Operation] = [
         Operation(name: "create", style: .function,
-                  signature: #"vm.create{name=, kernel=, initrd=, append=, memory="256M", cpus=1, disks={}, net={}, accel="auto", ephemeral=false}"#,
+                  signatureOverride: #"vm.create{name=, kernel=, initrd=, append=, memory="256M", cpus=1, disks={}, net={}, accel="auto", ephemeral=false}"#,
                   summary: "a VM object (v.name, v.id); state created") { c throws(PlasmaError) in
             let spec = try createSpec(c.args)
             let isEphemeral = c.arg(9).bool == true
@@ -110,12 +137,12 @@ struct VMAPI: Sendable {
                 return [.string(name)]
             }
         },
-        Operation(name: "start", style: .method, binding: .plainReturningSelf, signature: "v:start()",
+        Operation(name: "start", style: .method, binding: .plainReturningSelf,
                   summary: "boot (created, stopped or crashed -> running); returns v") { c throws(PlasmaError) in
             let n = try c.vm(), m = c.api.manager
             return c.run { _ = try await m.start(n); return [] }
         },
-        Operation(name: "status", style: .method, signature: "v:status()",
+        Operation(name: "status", style: .method,
                   summary: "state and reason") { c throws(PlasmaError) in
             let n = try c.vm(), m = c.api.manager
             return c.run {
@@ -123,9 +150,8 @@ struct VMAPI: Sendable {
                 return [.string(s.state.rawValue), s.reason.map(LuaValue.string) ?? .nil]
             }
         },
-        Operation(name: "stop", style: .method, signature: "v:stop{timeout=30}",
-                  summary: "powerdown, then quit, SIGTERM, SIGKILL; returns the step that stopped it",
-                  options: [Option(name: "timeout", kind: .seconds, fallback: .int(30))]) { c throws(PlasmaError) in
+        Operation(name: "stop", style: .method, options: [Option(name: "timeout", kind: .seconds, fallback: .int(30))],
+                  summary: "powerdown, then quit, SIGTERM, SIGKILL; returns the step that stopped it") { c throws(PlasmaError) in
             let n = try c.vm(), m = c.api.manager
             let seconds = try NumberCheck.seconds(c.arg(1), "vm.stop", "timeout", fallback: 30)!
             return c.run {
@@ -133,24 +159,23 @@ struct VMAPI: Sendable {
                 return [.string(outcome.step.rawValue)]
             }
         },
-        Operation(name: "kill", style: .method, binding: .plain, signature: "v:kill()",
+        Operation(name: "kill", style: .method, binding: .plain,
                   summary: "kill QEMU at once") { c throws(PlasmaError) in
             let n = try c.vm(), m = c.api.manager
             return c.run { try await m.kill(n); return [] }
         },
-        Operation(name: "pause", style: .method, binding: .plain, signature: "v:pause()",
+        Operation(name: "pause", style: .method, binding: .plain,
                   summary: "pause the guest's CPUs") { c throws(PlasmaError) in
             let n = try c.vm(), m = c.api.manager
             return c.run { try await m.pause(n); return [] }
         },
-        Operation(name: "resume", style: .method, binding: .plain, signature: "v:resume()",
+        Operation(name: "resume", style: .method, binding: .plain,
                   summary: "resume a paused VM") { c throws(PlasmaError) in
             let n = try c.vm(), m = c.api.manager
             return c.run { try await m.resume(n); return [] }
         },
-        Operation(name: "delete", style: .method, signature: "v:delete{force=false}",
-                  summary: "remove the VM; later calls on v raise",
-                  options: [Option(name: "force", kind: .boolean, fallback: .bool(false))]) { c throws(PlasmaError) in
+        Operation(name: "delete", style: .method, options: [Option(name: "force", kind: .boolean, fallback: .bool(false))],
+                  summary: "remove the VM; later calls on v raise") { c throws(PlasmaError) in
             let n = try c.vm(), m = c.api.manager
             let force = c.arg(1).bool == true
             let ephemeral = c.api.ephemeral
@@ -160,14 +185,14 @@ struct VMAPI: Sendable {
                 return []
             }
         },
-        Operation(name: "info", style: .method, binding: .plain, signature: "v:info()",
+        Operation(name: "info", style: .method, binding: .plain,
                   summary: "{name, id, state, reason, pid, accel, dir, spec}") { c throws(PlasmaError) in
             let n = try c.vm(), m = c.api.manager
             return c.run { [infoTable(try await m.info(n))] }
         },
-        Operation(name: "wait_for", style: .method, signature: "v:wait_for(state, {timeout=60})",
-                  summary: "wait for a state (math.huge: no limit)",
-                  options: [Option(name: "timeout", kind: .secondsOrNoLimit, fallback: .int(60))]) { c throws(PlasmaError) in
+        Operation(name: "wait_for", style: .method, parameters: [Parameter("state", .state)],
+                  options: [Option(name: "timeout", kind: .secondsOrNoLimit, fallback: .int(60))],
+                  summary: "wait for a state (math.huge: no limit)") { c throws(PlasmaError) in
             let n = try c.vm(), m = c.api.manager
             guard let wanted = c.arg(1).string.flatMap(VMState.init(rawValue:)) else {
                 throw PlasmaError(.invalidArgument, "vm.wait_for: unknown state")
@@ -189,25 +214,25 @@ struct VMAPI: Sendable {
                 }
             }
         },
-        Operation(name: "wait_for_console", style: .method, signature: "v:wait_for_console(pattern, {timeout=60, fail={}, since=0})",
-                  summary: "the first console line matching a Lua pattern, and the offset after it",
+        Operation(name: "wait_for_console", style: .method, parameters: [Parameter("pattern", .pattern)],
                   options: [Option(name: "timeout", kind: .secondsOrNoLimit, fallback: .int(60)),
-                            Option(name: "fail", kind: .patterns), Option(name: "since", kind: .offset, fallback: .int(0))]),
-        Operation(name: "send_console", style: .method, signature: "v:send_console(text)",
+                            Option(name: "fail", kind: .patterns), Option(name: "since", kind: .offset, fallback: .int(0))],
+                  summary: "the first console line matching a Lua pattern, and the offset after it"),
+        Operation(name: "send_console", style: .method, parameters: [Parameter("text", .string)],
                   summary: "type on the serial console") { c throws(PlasmaError) in
             let n = try c.vm(), m = c.api.manager
             let text = c.arg(1).string ?? ""
             return c.run { try await m.sendConsole(n, text); return [] }
         },
-        Operation(name: "console_log", style: .method, binding: .plain, signature: "v:console_log()",
+        Operation(name: "console_log", style: .method, binding: .plain,
                   summary: "the serial console log so far") { c throws(PlasmaError) in
             let n = try c.vm(), m = c.api.manager
             return c.run { [.string(try await m.consoleLog(n))] }
         },
-        Operation(name: "exec", style: .method, signature: "v:exec(cmd, {timeout=60})",
-                  summary: "exit code and output of cmd in the guest's serial shell",
-                  options: [Option(name: "timeout", kind: .secondsOrNoLimit, fallback: .int(60))]),
-        Operation(name: "qmp", style: .method, signature: "v:qmp(command, args)",
+        Operation(name: "exec", style: .method, parameters: [Parameter("command", .string)],
+                  options: [Option(name: "timeout", kind: .secondsOrNoLimit, fallback: .int(60))],
+                  summary: "exit code and output of the command in the guest's serial shell"),
+        Operation(name: "qmp", style: .method, parameters: [Parameter("command", .string), Parameter("arguments", .table)],
                   summary: "a raw QMP reply as a table") { c throws(PlasmaError) in
             let n = try c.vm(), m = c.api.manager
             let command = c.arg(1).string ?? ""
@@ -223,16 +248,16 @@ struct VMAPI: Sendable {
                 return [try LuaValue(json: reply)]
             }
         },
-        Operation(name: "list", style: .function, signature: "vm.list()",
+        Operation(name: "list", style: .function,
                   summary: "VM objects for every VM under the runtime dir") { c throws(PlasmaError) in
             let m = c.api.manager
             return c.run { [.array(try await m.list().map { .vm($0.name.rawValue) })] }
         },
-        Operation(name: "get", style: .function, signature: "vm.get(name)",
+        Operation(name: "get", style: .function, parameters: [Parameter("name", .string)],
                   summary: "the VM object, or nil and a message when absent"),
-        Operation(name: "parallel", style: .function, signature: "vm.parallel(f1, f2, ...)",
+        Operation(name: "parallel", style: .function, parameters: [Parameter("functions", .functions)],
                   summary: "run functions concurrently; their first results in order"),
-        Operation(name: "sleep", style: .global, signature: "sleep(seconds)",
+        Operation(name: "sleep", style: .global, parameters: [Parameter("seconds", .seconds)],
                   summary: "wait; other branches run meanwhile") { c throws(PlasmaError) in
             let seconds = try NumberCheck.seconds(c.arg(0), "sleep", "seconds", fallback: 0)!
             return c.run {
@@ -241,7 +266,7 @@ struct VMAPI: Sendable {
             }
         },
         // Natives of the prelude's composed operations.
-        Operation(name: "exists", style: .internal, signature: "", summary: "") { c throws(PlasmaError) in
+        Operation(name: "exists", style: .internal, summary: "") { c throws(PlasmaError) in
             let raw = c.arg(0).string ?? "", m = c.api.manager
             return c.run {
                 do {
@@ -252,12 +277,12 @@ struct VMAPI: Sendable {
                 }
             }
         },
-        Operation(name: "console_tail", style: .internal, signature: "", summary: "") { c throws(PlasmaError) in
+        Operation(name: "console_tail", style: .internal, summary: "") { c throws(PlasmaError) in
             let n = try c.vm(), m = c.api.manager
             let bytes = try NumberCheck.whole(c.arg(1), "vm.console_tail", "bytes", fallback: 600, max: 1 << 20)
             return c.run { [.string(try await m.consoleLog(n, maxBytes: bytes))] }
         },
-        Operation(name: "console_read", style: .internal, signature: "", summary: "") { c throws(PlasmaError) in
+        Operation(name: "console_read", style: .internal, summary: "") { c throws(PlasmaError) in
             let n = try c.vm(), m = c.api.manager
             let offset = try NumberCheck.whole(c.arg(1), "vm.console_read", "offset", fallback: 0, max: Int(Int64.max / 2))
             return c.run {
@@ -270,7 +295,7 @@ struct VMAPI: Sendable {
     static let byName: [String: Operation] = Dictionary(uniqueKeysWithValues: operations.map { ($0.name, $0) })
 
     /// The public operations, for the Lua side: `{name=, style=, binding=, signature=, summary=,
-    /// options={key={kind=, default=}}}`.
+    /// params={{name=, kind=}…}, options={key={kind=, default=}}}`.
     static var reference: LuaValue {
         .array(operations.filter { $0.style != .internal }.map { op in
             let binding: String
@@ -282,9 +307,10 @@ struct VMAPI: Sendable {
             let options: [String: LuaValue] = Dictionary(uniqueKeysWithValues: op.options.map { o in
                 (o.name, .table(["kind": .string(o.kind.rawValue), "default": o.fallback]))
             })
+            let params: [LuaValue] = op.parameters.map { .table(["name": .string($0.name), "kind": .string($0.kind.rawValue)]) }
             return .table(["name": .string(op.name), "style": .string(op.style.rawValue), "binding": .string(binding),
                            "signature": .string(op.signature), "summary": .string(op.summary),
-                           "options": options.isEmpty ? .nil : .table(options)])
+                           "options": options.isEmpty ? .nil : .table(options), "params": .array(params)])
         })
     }
 
@@ -374,6 +400,38 @@ struct VMAPI: Sendable {
         if let a = info.status.accel { t["accel"] = .string(a) }
         if let d = info.runtimeDirectory { t["dir"] = .string(d) }
         return .table(t)
+    }
+}
+
+extension VMAPI.Operation {
+    /// How a user calls it, derived from the definition: `v:wait_for(state, {timeout=60})`,
+    /// `v:stop{timeout=30}`, `vm.parallel(f1, f2, ...)`.
+    var signature: String {
+        if let signatureOverride { return signatureOverride }
+        let prefix: String
+        switch style {
+        case .method: prefix = "v:" + name
+        case .function: prefix = "vm." + name
+        case .global, .internal: prefix = name
+        }
+        let opts = options.map { "\($0.name)=\($0.shownDefault)" }.joined(separator: ", ")
+        var parts = parameters.map { $0.kind == .functions ? "f1, f2, ..." : $0.name }
+        if parts.isEmpty && !opts.isEmpty { return prefix + "{" + opts + "}" }
+        if !opts.isEmpty { parts.append("{" + opts + "}") }
+        return prefix + "(" + parts.joined(separator: ", ") + ")"
+    }
+}
+
+extension VMAPI.Option {
+    /// The default as help shows it.
+    var shownDefault: String {
+        switch fallback {
+        case .int(let i): return String(i)
+        case .bool(let b): return String(b)
+        case .number(let d): return NumberCheck.show(d)
+        case .string(let t): return "\"" + t + "\""
+        default: return kind == .patterns ? "{}" : "nil"
+        }
     }
 }
 

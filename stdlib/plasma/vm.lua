@@ -122,6 +122,42 @@ local function pattern_ok(p, fname, what)
   return p
 end
 
+local STATES = { created = true, running = true, paused = true, stopped = true, crashed = true }
+
+-- Positional arguments checked against the API definition (VMAPI's parameters of each
+-- operation); returns them unchanged.
+local PARAMS = {}
+for _, op in ipairs(native.api) do PARAMS[op.name] = { params = op.params, global = op.style == "global" } end
+
+local function arguments(fname, ...)
+  local def = PARAMS[fname]
+  local place = def.global and fname or "vm." .. fname
+  for i, p in ipairs(def.params) do
+    local x, kind = (select(i, ...)), p.kind
+    if kind == "string" then
+      if type(x) ~= "string" then raise(("%s: %s must be a string, got %s"):format(place, p.name, type(x))) end
+    elseif kind == "pattern" then
+      pattern_ok(x, fname, p.name)
+    elseif kind == "state" then
+      if not STATES[x] then
+        raise(("%s: %s must be created, running, paused, stopped or crashed, got %s"):format(place, p.name, tostring(x)))
+      end
+    elseif kind == "table" then
+      if x ~= nil and type(x) ~= "table" then raise(("%s: %s must be a table, got %s"):format(place, p.name, type(x))) end
+    elseif kind == "seconds" then
+      if type(x) ~= "number" then raise(("%s: '%s' must be a number, got %s"):format(place, p.name, type(x))) end
+    elseif kind == "functions" then
+      for j = i, select("#", ...) do
+        local f = (select(j, ...))
+        if type(f) ~= "function" then raise(("%s: argument %d must be a function, got %s"):format(place, j, type(f))) end
+      end
+    else
+      raise(("internal: parameter kind %s of %s"):format(tostring(kind), place))
+    end
+  end
+  return ...
+end
+
 -- Options tables checked against the API definition (VMAPI's options of each operation):
 -- unknown keys and wrong types are errors, numbers go through the one number check, and
 -- missing keys get their defaults.
@@ -230,23 +266,16 @@ function VM.delete(v, opts)
 end
 function VM.send_console(v, text)
   local name = target(v, "send_console")
-  if type(text) ~= "string" then raise("vm.send_console: text must be a string, got " .. type(text)) end
-  call("send_console", name, text)
+  call("send_console", name, arguments("send_console", text))
 end
 function VM.qmp(v, command, args)
   local name = target(v, "qmp")
-  if type(command) ~= "string" then raise("vm.qmp: command must be a string, got " .. type(command)) end
-  if args ~= nil and type(args) ~= "table" then raise("vm.qmp: arguments must be a table, got " .. type(args)) end
-  return call("qmp", name, command, args)
+  return call("qmp", name, arguments("qmp", command, args))
 end
-
-local STATES = { created = true, running = true, paused = true, stopped = true, crashed = true }
 
 function VM.wait_for(v, state, opts)
   local name = target(v, "wait_for")
-  if not STATES[state] then
-    raise(("vm.wait_for: state must be created, running, paused, stopped or crashed, got %s"):format(tostring(state)))
-  end
+  arguments("wait_for", state)
   opts = checked_options("wait_for", opts)
   return call("wait_for", name, state, opts.timeout)
 end
@@ -309,7 +338,7 @@ end
 -- unless opts.since is given (a byte offset from a previous read).
 function VM.wait_for_console(v, pattern, opts)
   local name = target(v, "wait_for_console")
-  pattern_ok(pattern, "wait_for_console", "pattern")
+  arguments("wait_for_console", pattern)
   opts = checked_options("wait_for_console", opts)
   local timeout = opts.timeout
   local line, offset = await_line(name, pattern, opts.since, native.now() + timeout, opts.fail)
@@ -348,7 +377,7 @@ end
 
 function VM.exec(v, cmd, opts)
   local name = target(v, "exec")
-  if type(cmd) ~= "string" then raise("vm.exec: command must be a string, got " .. type(cmd)) end
+  arguments("exec", cmd)
   opts = checked_options("exec", opts)
   local timeout = opts.timeout
   local deadline = native.now() + timeout
@@ -416,7 +445,7 @@ function vm.list()
 end
 
 function vm.get(name)
-  if type(name) ~= "string" then raise("vm.get: name must be a string, got " .. type(name)) end
+  arguments("get", name)
   local ok, err = call("exists", name)
   if ok then return wrap(name) end
   return nil, err
@@ -425,10 +454,8 @@ end
 -- In the scheduler the branches run concurrently; in a plan's own coroutine they run one
 -- after another (nothing there can wait for two things at once).
 function vm.parallel(...)
+  arguments("parallel", ...)
   local fns = pack(...)
-  for i = 1, fns.n do
-    if type(fns[i]) ~= "function" then raise(("vm.parallel: argument %d must be a function, got %s"):format(i, type(fns[i]))) end
-  end
   if fns.n == 0 then return end
   if not in_scheduler() then
     local results = {}
@@ -445,7 +472,7 @@ function vm.parallel(...)
 end
 
 function sleep(s)
-  if type(s) ~= "number" then raise("sleep: 'seconds' must be a number, got " .. type(s)) end
+  arguments("sleep", s)
   call("sleep", seconds(s, "sleep", "seconds", 0, false))
 end
 
