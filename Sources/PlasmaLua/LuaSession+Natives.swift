@@ -92,38 +92,34 @@ extension LuaSession {
         // seconds(value, place, field, fallback, unlimited): the checked number of seconds,
         // math.huge for "no limit" where allowed; raises otherwise.
         register("seconds") { L in
-            guard let typeError = Self.numberOrNil(L, 1, LuaStack.string(L, 2) ?? "?", LuaStack.string(L, 3) ?? "?") else {
-                do {
-                    let s = try NumberCheck.seconds(LuaStack.value(L, 1), LuaStack.string(L, 2) ?? "?", LuaStack.string(L, 3) ?? "?",
-                                                    fallback: LuaStack.value(L, 4).number ?? 0,
-                                                    unlimited: lua_toboolean(L, 5) != 0)
-                    lua_pushnumber(L, s ?? .infinity)
-                    return .results(1)
-                } catch {
-                    return .error((error as? PlasmaError)?.message ?? "\(error)")
-                }
+            let place = LuaStack.string(L, 2) ?? "?", field = LuaStack.string(L, 3) ?? "?"
+            if let typeError = Self.typeError(L, 1, place, field) { return .error(typeError) }
+            do throws(PlasmaError) {
+                let s = try NumberCheck.seconds(LuaStack.value(L, 1), place, field, fallback: LuaStack.value(L, 4).number ?? 0,
+                                                unlimited: lua_toboolean(L, 5) != 0)
+                lua_pushnumber(L, s ?? .infinity)
+                return .results(1)
+            } catch {
+                return .error(error.message)
             }
-            return .error(typeError)
         }
         // whole(value, place, field, fallback): a checked whole number >= 0 (offsets, sizes).
         register("whole") { L in
-            guard let typeError = Self.numberOrNil(L, 1, LuaStack.string(L, 2) ?? "?", LuaStack.string(L, 3) ?? "?") else {
-                do {
-                    let n = try NumberCheck.whole(LuaStack.value(L, 1), LuaStack.string(L, 2) ?? "?", LuaStack.string(L, 3) ?? "?",
-                                                  fallback: Int(LuaStack.value(L, 4).int ?? 0))
-                    lua_pushinteger(L, lua_Integer(n))
-                    return .results(1)
-                } catch {
-                    return .error((error as? PlasmaError)?.message ?? "\(error)")
-                }
+            let place = LuaStack.string(L, 2) ?? "?", field = LuaStack.string(L, 3) ?? "?"
+            if let typeError = Self.typeError(L, 1, place, field) { return .error(typeError) }
+            do throws(PlasmaError) {
+                let n = try NumberCheck.whole(LuaStack.value(L, 1), place, field, fallback: Int(LuaStack.value(L, 4).int ?? 0))
+                lua_pushinteger(L, lua_Integer(n))
+                return .results(1)
+            } catch {
+                return .error(error.message)
             }
-            return .error(typeError)
         }
         lua_setglobal(L, "__plasma")
     }
 
     /// nil when the value at `index` is a number or nil, else the type error's message.
-    private static func numberOrNil(_ L: OpaquePointer, _ index: Int32, _ place: String, _ field: String) -> String? {
+    private static func typeError(_ L: OpaquePointer, _ index: Int32, _ place: String, _ field: String) -> String? {
         let t = lua_type(L, index)
         if t == LUA_TNUMBER || t == LUA_TNIL || t == LUA_TNONE { return nil }
         return "\(place): '\(field)' must be a number, got \(String(cString: lua_typename(L, t)))"
