@@ -356,10 +356,13 @@ extension LuaSession {
         let op = nextOp
         nextOp += 1
         let task = Task { [self] in deliver(op, await work()) }
+        // Listed with the scheduler's tasks, so an interrupted one is settled before cleanup.
+        tasks[op] = task
         inbox.lock()
         defer { inbox.unlock() }
         while true {
             if let i = completions.firstIndex(where: { $0.op == op }) {
+                tasks[op] = nil
                 return completions.remove(at: i).result
             }
             if let reason = interruptReason {

@@ -182,6 +182,12 @@ struct PlanRunnerTests {
         let outcome = await PlanRunner(manager: VMManager(hypervisor: slow), options: options).run()
         #expect(outcome.kind == .timedOut)
         #expect(try await slow.list().isEmpty)
+        // The same from a plan's own coroutine, where the create runs synchronously.
+        var inWrap = options
+        inWrap.source = "coroutine.wrap(function() vm.create{name = 'wrapped', kernel = '/k'} end)()"
+        let wrapped = await PlanRunner(manager: VMManager(hypervisor: slow), options: inWrap).run()
+        #expect(wrapped.kind == .timedOut)
+        #expect(try await slow.list().isEmpty)
         _ = try await fake.create(VMSpec(name: VMName("mine"), kernel: "/k"))
         let refused = await run("vm.create{name = 'mine', kernel = '/k'}")
         #expect(refused.kind == .runtimeError)
