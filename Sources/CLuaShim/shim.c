@@ -169,6 +169,15 @@ static int check_interrupt(lua_State *L) {
 
 void plasma_push_interrupt_check(lua_State *L) { lua_pushcfunction(L, check_interrupt); }
 
+/* restore_hook([co]): puts the count hook back on coroutine co (or the running one). */
+static int restore_hook(lua_State *L) {
+    lua_State *co = lua_isthread(L, 1) ? lua_tothread(L, 1) : L;
+    lua_sethook(co, count_hook, LUA_MASKCOUNT, PLASMA_HOOK_COUNT);
+    return 0;
+}
+
+void plasma_push_restore_hook(lua_State *L) { lua_pushcfunction(L, restore_hook); }
+
 void plasma_new_object(lua_State *L, int table_index, const char *metatable_name) {
     table_index = lua_absindex(L, table_index);
     lua_newuserdatauv(L, 0, 1);

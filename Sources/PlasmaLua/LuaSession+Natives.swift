@@ -42,6 +42,8 @@ extension LuaSession {
         lua_setfield(L, -2, "scheduled")
         plasma_push_interrupt_check(L)
         lua_setfield(L, -2, "check_interrupt")
+        plasma_push_restore_hook(L)
+        lua_setfield(L, -2, "restore_hook")
         push(L, VMAPI.reference)
         lua_setfield(L, -2, "api")
 

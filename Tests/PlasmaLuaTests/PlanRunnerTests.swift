@@ -149,6 +149,10 @@ struct PlanRunnerTests {
         "while true do xpcall(function() while true do end end, debug.traceback) end",
         "local co = coroutine.wrap(function() while true do pcall(coroutine.yield) end end) while true do pcall(co) end",
         "while true do pcall(sleep, 60) end",
+        "debug.sethook() while true do end",
+        "debug.sethook(function() end, 'r') while true do end",
+        "local n = 0 debug.sethook(function(e) n = n + 1 end, 'c', 1000000) while true do end",
+        "local co = coroutine.create(function() debug.sethook() while true do end end) coroutine.resume(co)",
         "local v = vm.create{name = 'x', kernel = '/k', ephemeral = true} while true do pcall(function() coroutine.wrap(function() v:info() end)() end) end",
     ])
     func timeoutLandsWhereverThePlanHides(_ code: String) async throws {

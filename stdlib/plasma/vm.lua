@@ -38,6 +38,26 @@ function xpcall(f, handler, ...) return after(rawxpcall(f, handler, ...)) end
 function coroutine.resume(co, ...) return after(rawresume(co, ...)) end
 function coroutine.close(co) return after(rawclose(co)) end
 
+-- A plan's own debug hook must not remove the interrupt hook: clearing a hook puts the
+-- interrupt hook back, and a plan's hook is wrapped to check for interrupts first (and gets a
+-- count event every 1000 instructions if it asked for none; those are not passed on). The
+-- plan's hook is called by a tail call, so debug.getinfo levels inside it are as usual.
+local rawsethook, restore_hook = debug.sethook, native.restore_hook
+function debug.sethook(...)
+  local co, f, mask, count = ...
+  if type(co) ~= "thread" then co, f, mask, count = nil, ... end
+  if f == nil then return restore_hook(co) end
+  if type(f) ~= "function" then raise("debug.sethook: hook must be a function, got " .. type(f)) end
+  mask = type(mask) == "string" and mask or ""
+  local counted = math.type(count) == "integer" and count > 0
+  local function hook(event, line)
+    check_interrupt()
+    if event ~= "count" or counted then return f(event, line) end
+  end
+  if co then return rawsethook(co, hook, mask, counted and count or 1000) end
+  return rawsethook(hook, mask, counted and count or 1000)
+end
+
 -- Whether the running coroutine is one of the scheduler's (else: a plan's own coroutine).
 local function in_scheduler()
   return scheduled[running()] == true and isyieldable()

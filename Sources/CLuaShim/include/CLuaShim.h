@@ -57,6 +57,10 @@ void plasma_install_interrupts(lua_State *L, plasma_control *control);
 /// nothing (the prelude calls it after pcall, xpcall and coroutine.resume catch an error).
 void plasma_push_interrupt_check(lua_State *L);
 
+/// Pushes a C function `restore_hook([co])` that puts the interrupt hook back on a coroutine
+/// (the prelude's debug.sethook calls it when a plan clears its own hook).
+void plasma_push_restore_hook(lua_State *L);
+
 /// Makes a full userdata with one user value slot holding the table at `table_index`, with
 /// the metatable registered under `metatable_name`.
 void plasma_new_object(lua_State *L, int table_index, const char *metatable_name);
