@@ -37,8 +37,12 @@ let package = Package(
         // libedit (BSD) for the REPL's line editing, and the C glue its globals need.
         .systemLibrary(name: "CEdit", pkgConfig: "libedit", providers: [.apt(["libedit-dev"])]),
         .target(name: "CPlasmaEdit", dependencies: ["CEdit"]),
-        // Lua plans: state, scheduler, the `vm` API.
-        .target(name: "PlasmaLua", dependencies: ["PlasmaVMM", "CLua", "CLuaShim", "CPlasmaEdit"], swiftSettings: strict),
+        // Lua plans: state, scheduler, the `vm` API. The prelude's Lua text (stdlib/plasma) is
+        // compiled in by the EmbedLua plugin.
+        .target(name: "PlasmaLua", dependencies: ["PlasmaVMM", "CLua", "CLuaShim", "CPlasmaEdit"], swiftSettings: strict,
+                plugins: ["EmbedLua"]),
+        .executableTarget(name: "plasmavmc-embed-lua", swiftSettings: strict),
+        .plugin(name: "EmbedLua", capability: .buildTool(), dependencies: ["plasmavmc-embed-lua"]),
         // The one internal API every front end uses.
         .target(name: "PlasmaVMM", dependencies: ["PlasmaHypervisor"], swiftSettings: strict),
         .executableTarget(

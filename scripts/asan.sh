@@ -41,5 +41,12 @@ check 2 "syntax error" run -e 'x = = 1'
 check 1 "cancelled parallel branch" run -e 'vm.parallel(function() sleep(5) end, function() error("x") end)'
 check 1 "deep recursion" run -e 'local function f(n) return f(n + 1) + 1 end f(1)'
 check 0 "many small calls" run -e 'for i = 1, 200000 do __plasma_now() end'
+# Issue 8: interrupts that land anywhere, yields the scheduler refuses, numbers that never trap.
+check 5 "timeout inside coroutine.wrap" run --timeout 2 -e 'coroutine.wrap(function() while true do end end)()'
+check 5 "timeout swallowed by pcall" run --timeout 2 -e 'while true do pcall(function() while true do end end) end'
+check 1 "yield to the scheduler" run -e 'coroutine.yield({})'
+check 1 "fake parallel yield" run -e 'coroutine.yield({parallel = {}})'
+check 1 "NaN sleep" run -e 'sleep(0/0)'
+check 0 "vm calls in a plan's own coroutine" run -e 'print(coroutine.wrap(function() return #vm.list() end)(), vm.parallel())'
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -100,7 +100,17 @@ void plasma_edit_init(const char *name, plasma_complete_fn fn, void *ctx) {
 }
 
 char *plasma_edit_readline(const char *prompt) {
-    return readline(prompt);
+    char *line = readline(prompt);
+    /* The line is done and a call may run next: ^C must be SIGINT again. libedit restores its
+       idea of the cooked terminal, which can be the ISIG-off state read_key left if libedit
+       re-read the terminal while a line was edited; so ISIG is put back here explicitly. */
+    int fd = fileno(rl_instream ? rl_instream : stdin);
+    struct termios t;
+    if (isatty(fd) && tcgetattr(fd, &t) == 0 && !(t.c_lflag & ISIG)) {
+        t.c_lflag |= ISIG;
+        tcsetattr(fd, TCSANOW, &t);
+    }
+    return line;
 }
 
 void plasma_edit_add_history(const char *line) { add_history(line); }

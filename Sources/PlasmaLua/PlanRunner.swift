@@ -48,14 +48,20 @@ public struct PlanOutcome: Sendable {
         case exitStatus(Int32)
         case syntaxError
         case runtimeError
+        /// --timeout ended it (exit 5).
         case timedOut
+        /// SIGINT, Ctrl-C (exit 130).
         case interrupted
+        /// SIGTERM (exit 143).
+        case terminated
     }
     public var kind: Kind
     /// The error and its traceback, for stderr.
     public var message: String?
     /// VMs left for inspection after a failure (--keep-on-failure).
     public var keptVMs: [String]
+    /// Ephemeral and `<close>` VMs that could not be removed at the end, with the reason.
+    public var cleanupFailures: [CleanupFailure] = []
 }
 
 /// Runs one plan in a session of its own, on a thread of its own.
@@ -69,7 +75,12 @@ public final class PlanRunner: Sendable {
     }
 
     /// Stops the plan (Ctrl-C, --timeout); cleanup still runs.
-    public func interrupt(_ why: String) { session.interrupt(why) }
+    public func interrupt(_ why: String, as kind: PlanOutcome.Kind = .interrupted) { session.interrupt(why, as: kind) }
+
+    /// The last resort when the plan does not end (a second Ctrl-C or SIGTERM): kills the
+    /// QEMU of the plan's ephemeral VMs and tries to remove them within `deadline`, from any
+    /// thread. Returns the VMs that are left. The caller then exits.
+    public func abandon(within deadline: Duration) -> [CleanupFailure] { session.abandon(within: deadline) }
 
     /// Runs the plan to its end and cleans up: ephemeral VMs (and VMs deleted by `<close>` on
     /// an error path) are removed on every exit path unless --keep-on-failure keeps them.
@@ -89,12 +100,13 @@ public final class PlanRunner: Sendable {
         if let timeout = options.timeout {
             let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18
             DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { [session] in
-                session.interrupt("timed out after \(formatSeconds(seconds)) (--timeout)")
+                session.interrupt("timed out after \(formatSeconds(seconds)) (--timeout)", as: .timedOut)
             }
         }
         let outcome = session.run(arguments: options.arguments)
         let keep = options.keepOnFailure && outcome.kind != .success
         let created = session.close(keep: keep)
-        return PlanOutcome(kind: outcome.kind, message: outcome.message, keptVMs: keep ? created : [])
+        return PlanOutcome(kind: outcome.kind, message: outcome.message, keptVMs: keep ? created : [],
+                           cleanupFailures: session.cleanupFailures)
     }
 }

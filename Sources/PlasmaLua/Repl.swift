@@ -44,11 +44,18 @@ public final class Repl: Sendable {
     }
 
     private func loop() -> Int32 {
-        if let error = session.open() ?? session.load(library: replPreludeSource, name: "=plasma.repl") {
+        if let error = session.open() ?? session.load(library: EmbeddedLua.repl, name: "=plasma.repl") {
             FileHandle.standardError.write(Data("plasmavmc: error: \(error)\n".utf8))
             return 1
         }
-        defer { session.close() }
+        let status = session_loop()
+        session.close()
+        // Ephemeral VMs that could not be removed are named, and the session fails.
+        for failure in session.cleanupFailures { report(failure.message) }
+        return session.cleanupFailures.isEmpty ? status : 1
+    }
+
+    private func session_loop() -> Int32 {
         var failed = false
         if let code = options.code {
             return evaluate(code) == .failed ? 1 : 0

@@ -44,6 +44,12 @@ public struct CLIRunner: Sendable {
         /// Sends SIGINT, as Ctrl-C in a terminal would.
         public func interrupt() { process.interrupt() }
 
+        /// Sends `signal` (SIGTERM, as timeout(1) or a service manager would).
+        public func signal(_ signal: Int32) { kill(process.processIdentifier, signal) }
+
+        /// Whether it is still running.
+        public var isRunning: Bool { process.isRunning }
+
         /// What it has printed so far.
         public var stdout: String { String(decoding: FileManager.default.contents(atPath: tmp.path + "/out") ?? Data(), as: UTF8.self) }
 

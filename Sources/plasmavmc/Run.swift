@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import PlasmaLua
 import PlasmaVMM
+import Synchronization
 
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -11,7 +12,9 @@ struct Run: AsyncParsableCommand {
             Plan arguments are in `arg` (arg[0] is the plan) and in `...`. Exit status: 0 when the \
             plan ends normally, 1 on an uncaught error or when the plan returns false, the integer \
             a plan returns, 2 for a missing plan or a syntax error (reported before anything runs), \
-            5 when --timeout ends it, 130 on Ctrl-C. Ephemeral VMs are removed however the plan ends.
+            5 when --timeout ends it, 130 on Ctrl-C, 143 on SIGTERM (a second Ctrl-C or SIGTERM ends \
+            it at once). Ephemeral VMs are removed however the plan ends; one that cannot be is named \
+            on stderr and the plan exits 1.
             """)
 
     @OptionGroup var global: GlobalOptions
@@ -35,12 +38,7 @@ struct Run: AsyncParsableCommand {
 
     func run() async throws {
         var limit: Duration?
-        if let timeout {
-            guard let s = Double(timeout), s > 0, s.isFinite else {
-                throw PlasmaError(.invalidArgument, "--timeout must be a number of seconds > 0, got \"\(timeout)\"")
-            }
-            limit = .milliseconds(Int64(s * 1000))
-        }
+        if let timeout { limit = try NumberCheck.commandLineSeconds(timeout, option: "--timeout") }
         let options: PlanOptions
         let cwd = FileManager.default.currentDirectoryPath
         if let code = e {
@@ -64,13 +62,22 @@ struct Run: AsyncParsableCommand {
         var opts = options
         opts.searchFolders = searchFolders
         let runner = PlanRunner(manager: global.manager, options: opts)
-        let signals = SignalForwarder { runner.interrupt("interrupted (\($0))") }
+        let signals = SignalForwarder(
+            first: { signal in
+                runner.interrupt("interrupted (\(signal.name))", as: signal.number == SIGTERM ? .terminated : .interrupted)
+            },
+            again: { signal in
+                // The plan did not end after the first signal (stuck in C code, say): kill its
+                // ephemeral VMs as well as we can and end the process now.
+                fflush(nil)
+                Self.report("second \(signal.name): ending at once; killing the plan's ephemeral VMs")
+                for failure in runner.abandon(within: .seconds(3)) { Self.report(failure.message) }
+                Foundation.exit(128 + signal.number)
+            })
         let outcome = await runner.run()
         withExtendedLifetime(signals) {}
         fflush(nil)
-        if let message = outcome.message {
-            FileHandle.standardError.write(Data("plasmavmc: error: \(message)\n".utf8))
-        }
+        if let message = outcome.message { Self.report(message) }
         if !outcome.keptVMs.isEmpty {
             var text = "plasmavmc: kept for inspection (runtime dir \(global.root.path)):\n"
             for vm in outcome.keptVMs {
@@ -78,31 +85,56 @@ struct Run: AsyncParsableCommand {
             }
             FileHandle.standardError.write(Data(text.utf8))
         }
+        for failure in outcome.cleanupFailures { Self.report(failure.message) }
+        let cleanupFailed = !outcome.cleanupFailures.isEmpty
         switch outcome.kind {
-        case .success: return
+        case .success: if cleanupFailed { throw ExitCode(1) }
         case .returnedFalse, .runtimeError: throw ExitCode(1)
         case .exitStatus(let code): throw ExitCode(code)
         case .syntaxError: throw ExitCode(2)
         case .timedOut: throw ExitCode(5)
         case .interrupted: throw ExitCode(130)
+        case .terminated: throw ExitCode(143)
         }
+    }
+
+    static func report(_ message: String) {
+        FileHandle.standardError.write(Data("plasmavmc: error: \(message)\n".utf8))
     }
 }
 
-/// Turns SIGINT and SIGTERM into a call, so a plan can clean up instead of dying.
+/// Turns SIGINT and SIGTERM into calls, so a plan can clean up instead of dying: the first
+/// signal interrupts the plan, a second one (of either kind) ends the process at once.
 final class SignalForwarder {
+    struct Signal: Sendable {
+        var number: Int32
+        var name: String
+    }
+
     private let sources: [any DispatchSourceSignal]
 
-    init(_ handler: @escaping @Sendable (String) -> Void) {
+    init(first: @escaping @Sendable (Signal) -> Void, again: @escaping @Sendable (Signal) -> Void) {
+        let count = Mutex(0)
         var made: [any DispatchSourceSignal] = []
-        for (sig, name) in [(SIGINT, "SIGINT"), (SIGTERM, "SIGTERM")] {
-            signal(sig, SIG_IGN)
-            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            s.setEventHandler { handler(name) }
+        for sig in [Signal(number: SIGINT, name: "SIGINT"), Signal(number: SIGTERM, name: "SIGTERM")] {
+            signal(sig.number, SIG_IGN)
+            let s = DispatchSource.makeSignalSource(signal: sig.number, queue: .global())
+            s.setEventHandler {
+                let n = count.withLock { c -> Int in
+                    c += 1
+                    return c
+                }
+                if n == 1 { first(sig) } else { again(sig) }
+            }
             s.resume()
             made.append(s)
         }
         sources = made
+    }
+
+    /// Every signal calls `handler` (the REPL: each Ctrl-C stops the running call).
+    convenience init(_ handler: @escaping @Sendable (String) -> Void) {
+        self.init(first: { handler($0.name) }, again: { handler($0.name) })
     }
 
     deinit {

@@ -28,21 +28,21 @@
 ---@field ephemeral? boolean delete the VM when the plan ends (default false)
 
 ---@class plasmavmc.StopOptions
----@field timeout? number seconds for the whole stop, forced steps included (default 30)
+---@field timeout? number seconds for the whole stop, forced steps included (default 30; finite)
 
 ---@class plasmavmc.DeleteOptions
 ---@field force? boolean kill a VM whose QEMU is up instead of refusing (default false)
 
 ---@class plasmavmc.WaitOptions
----@field timeout? number seconds (default 60)
+---@field timeout? number seconds (default 60; math.huge: no limit)
 
 ---@class plasmavmc.ConsoleWaitOptions
----@field timeout? number seconds (default 60)
+---@field timeout? number seconds (default 60; math.huge: no limit)
 ---@field fail? string[] Lua patterns: a console line matching one raises at once
 ---@field since? integer console byte offset (from an earlier wait): older lines do not count
 
 ---@class plasmavmc.ExecOptions
----@field timeout? number seconds (default 60)
+---@field timeout? number seconds (default 60; math.huge: no limit)
 
 ---@class plasmavmc.Info
 ---@field name string

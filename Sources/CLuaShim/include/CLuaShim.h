@@ -30,9 +30,36 @@ int plasma_resume(lua_State *co, lua_State *from, int nargs, int *nresults);
 /// A traceback of coroutine `co` after a failed resume, with `msg` first; pushed on `L`.
 void plasma_traceback(lua_State *L, lua_State *co, const char *msg);
 
-/// Makes the running code of coroutine `L` fail with "plan <why>"
-/// at its next instruction count check; used for --timeout and Ctrl-C.
-void plasma_interrupt(lua_State *L, const char *why);
+/// Pushes on `L` "chunk:line: " of the innermost Lua function of suspended coroutine `co`
+/// (or "" when it has none).
+void plasma_where(lua_State *L, lua_State *co);
+
+/// A session's interrupt flag (opaque). Made before the state, freed after `lua_close`.
+typedef struct plasma_control plasma_control;
+plasma_control *plasma_control_new(void);
+void plasma_control_free(plasma_control *c);
+/// Sets the flag with `why` (e.g. "timed out after 2s (--timeout)"); safe from any thread.
+/// Returns 1 if this call set it, 0 if it was set already (the first reason stays).
+int plasma_control_interrupt(plasma_control *c, const char *why);
+int plasma_control_is_interrupted(plasma_control *c);
+/// Clears the flag (Lua thread, between chunks: the REPL goes on after Ctrl-C).
+void plasma_control_clear(plasma_control *c);
+/// While set (Lua thread), the hook does not raise: the `<close>` handlers of coroutines the
+/// scheduler abandons run to their end (a VM's handler hands its deletion to cleanup).
+void plasma_control_closing(plasma_control *c, int closing);
+
+/// Installs the one permanent count hook on the main state, before any coroutine exists (so
+/// every coroutine inherits it): while `control` is set, Lua code fails with "plan <why>" at
+/// every check, so a pcall cannot swallow the interrupt for good.
+void plasma_install_interrupts(lua_State *L, plasma_control *control);
+
+/// Pushes a C function that raises the interrupt error when the flag is set, else returns
+/// nothing (the prelude calls it after pcall, xpcall and coroutine.resume catch an error).
+void plasma_push_interrupt_check(lua_State *L);
+
+/// Pushes a C function `restore_hook([co])` that puts the interrupt hook back on a coroutine
+/// (the prelude's debug.sethook calls it when a plan clears its own hook).
+void plasma_push_restore_hook(lua_State *L);
 
 /// Makes a full userdata with one user value slot holding the table at `table_index`, with
 /// the metatable registered under `metatable_name`.

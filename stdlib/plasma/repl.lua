@@ -1,5 +1,3 @@
-/// Lua helpers of the REPL: printing values readably, completion, help().
-let replPreludeSource = #"""
 local repl = {}
 local MAXDEPTH, MAXITEMS, WIDTH = 4, 100, 72
 
@@ -147,20 +145,33 @@ function repl.complete(word)
   return out
 end
 
-function help()
-  print([[
-plasmavmc repl: Lua 5.4 with the vm API. Expressions print their values; Tab completes;
-Ctrl-C stops a running call; Ctrl-D leaves (VMs stay unless created with ephemeral=true).
+-- help() lists the API from its one definition (Swift's VMAPI, given as __plasma_api).
+local API = __plasma_api
+__plasma_api = nil
 
-  v = vm.create{name=, kernel=, initrd=, append=, memory="256M", cpus=1, disks={}, net={},
-                accel="auto", ephemeral=false}
-  v:start()  v:status()  v:stop{timeout=30}  v:kill()  v:pause()  v:resume()
-  v:delete{force=false}  v:info()  v:wait_for(state, {timeout=})
-  v:wait_for_console(pattern, {timeout=, fail={}})  v:send_console(text)  v:console_log()
-  v:exec(cmd, {timeout=})  v:qmp(command, args)
-  vm.list()  vm.get(name)  vm.parallel(f1, f2, ...)  sleep(seconds)
-Full reference: stdlib/meta/plasmavmc.lua]])
+function help()
+  local out = {
+    "plasmavmc repl: Lua 5.4 with the vm API. Expressions print their values; Tab completes;",
+    "Ctrl-C stops a running call; Ctrl-D leaves (VMs stay unless created with ephemeral=true).",
+    "Methods are called as v:name(...), vm.name(v, ...) or vm.name(\"vm name\", ...).",
+    "",
+  }
+  local width = 0
+  for _, op in ipairs(API) do width = math.max(width, #op.signature) end
+  width = math.min(width, 44)
+  for _, op in ipairs(API) do
+    local sig = op.signature
+    if #sig > width then
+      out[#out + 1] = "  " .. sig
+      out[#out + 1] = "  " .. (" "):rep(width) .. "  " .. op.summary
+    else
+      out[#out + 1] = "  " .. sig .. (" "):rep(width - #sig) .. "  " .. op.summary
+    end
+  end
+  out[#out + 1] = ""
+  out[#out + 1] = "Numbers: NaN, negative and huge values are errors; a wait's timeout = math.huge waits without limit."
+  out[#out + 1] = "Full reference: stdlib/meta/plasmavmc.lua"
+  print(table.concat(out, "\n"))
 end
 
 __repl = repl
-"""#

@@ -1,0 +1,155 @@
+import CLua
+import CLuaShim
+import Foundation
+import PlasmaVMM
+
+/// The native surface under the prelude (`__plasma`, taken and hidden by the prelude). Host
+/// functions never raise: they return `.error` and the C trampoline raises once the Swift
+/// frame is gone.
+extension LuaSession {
+    final class HostFunction {
+        let body: (OpaquePointer) -> HostResult
+        init(_ body: @escaping (OpaquePointer) -> HostResult) { self.body = body }
+    }
+
+    enum HostResult {
+        case results(Int32)
+        case error(String)
+    }
+
+    private func register(_ name: String, _ body: @escaping (OpaquePointer) -> HostResult) {
+        let f = HostFunction(body)
+        hostFunctions.append(f)
+        plasma_push_host(L, hostDispatch, Unmanaged.passUnretained(f).toOpaque())
+        lua_setfield(L, -2, name)
+    }
+
+    func installNatives() {
+        lua_createtable(L, 0, 16)
+        // The token operations yield: a table only the prelude holds.
+        lua_createtable(L, 0, 0)
+        lua_pushvalue(L, -1)
+        tokenRef = luaL_ref(L, plasma_registryindex())
+        lua_setfield(L, -2, "token")
+        // The scheduler's coroutines, weakly keyed.
+        lua_createtable(L, 0, 0)
+        lua_createtable(L, 0, 1)
+        LuaStack.pushString(L, "k")
+        lua_setfield(L, -2, "__mode")
+        lua_setmetatable(L, -2)
+        lua_pushvalue(L, -1)
+        scheduledRef = luaL_ref(L, plasma_registryindex())
+        lua_setfield(L, -2, "scheduled")
+        plasma_push_interrupt_check(L)
+        lua_setfield(L, -2, "check_interrupt")
+        plasma_push_restore_hook(L)
+        lua_setfield(L, -2, "restore_hook")
+        push(L, VMAPI.reference)
+        lua_setfield(L, -2, "api")
+
+        register("op") { [unowned self] L in
+            switch self.startOperation(L) {
+            case .success(let op):
+                lua_pushinteger(L, lua_Integer(Int64(bitPattern: op)))
+                return .results(1)
+            case .failure(let e): return .error(e.description)
+            }
+        }
+        register("sync") { [unowned self] L in
+            switch self.runSynchronously(L) {
+            case .success(let values):
+                lua_pushboolean(L, 1)
+                for v in values { self.push(L, v) }
+                return .results(Int32(values.count + 1))
+            case .failure(let e):
+                lua_pushboolean(L, 0)
+                LuaStack.pushString(L, e.description)
+                return .results(2)
+            }
+        }
+        register("newvm") { [unowned self] L in
+            guard let name = LuaStack.string(L, 1) else { return .error("newvm: name expected") }
+            self.unclaimed.remove(name)
+            self.push(L, .vm(name))
+            return .results(1)
+        }
+        register("now") { L in
+            var ts = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &ts)
+            lua_pushnumber(L, Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9)
+            return .results(1)
+        }
+        // v:status() without a yield: the VM's held monitor answers on this thread. Returns
+        // nothing when no probe applies; the prelude then asks through the scheduler.
+        register("status_fast") { [unowned self] L in
+            guard let name = LuaStack.string(L, 1), let s = self.fastStatus(name) else { return .results(0) }
+            LuaStack.pushString(L, s.state.rawValue)
+            if let r = s.reason { LuaStack.pushString(L, r) } else { lua_pushnil(L) }
+            return .results(2)
+        }
+        register("defer_delete") { [unowned self] L in
+            if let name = LuaStack.string(L, 1) { self.deferredDeletes.append(name) }
+            return .results(0)
+        }
+        // seconds(value, place, field, fallback, unlimited): the checked number of seconds,
+        // math.huge for "no limit" where allowed; raises otherwise.
+        register("seconds") { L in
+            let place = LuaStack.string(L, 2) ?? "?", field = LuaStack.string(L, 3) ?? "?"
+            if let typeError = Self.typeError(L, 1, place, field) { return .error(typeError) }
+            do throws(PlasmaError) {
+                let s = try NumberCheck.seconds(LuaStack.value(L, 1), place, field, fallback: LuaStack.value(L, 4).number ?? 0,
+                                                unlimited: lua_toboolean(L, 5) != 0)
+                lua_pushnumber(L, s ?? .infinity)
+                return .results(1)
+            } catch {
+                return .error(error.message)
+            }
+        }
+        // whole(value, place, field, fallback): a checked whole number >= 0 (offsets, sizes).
+        register("whole") { L in
+            let place = LuaStack.string(L, 2) ?? "?", field = LuaStack.string(L, 3) ?? "?"
+            if let typeError = Self.typeError(L, 1, place, field) { return .error(typeError) }
+            do throws(PlasmaError) {
+                let n = try NumberCheck.whole(LuaStack.value(L, 1), place, field, fallback: Int(LuaStack.value(L, 4).int ?? 0))
+                lua_pushinteger(L, lua_Integer(n))
+                return .results(1)
+            } catch {
+                return .error(error.message)
+            }
+        }
+        lua_setglobal(L, "__plasma")
+    }
+
+    /// nil when the value at `index` is a number or nil, else the type error's message.
+    private static func typeError(_ L: OpaquePointer, _ index: Int32, _ place: String, _ field: String) -> String? {
+        let t = lua_type(L, index)
+        if t == LUA_TNUMBER || t == LUA_TNIL || t == LUA_TNONE { return nil }
+        return "\(place): '\(field)' must be a number, got \(String(cString: lua_typename(L, t)))"
+    }
+
+    func fastStatus(_ name: String) -> VMStatus? {
+        if let probe = probes[name] {
+            if let s = probe.status() { return s }
+            probe.close()
+            probes[name] = nil
+        }
+        if let since = noProbeSince[name], ContinuousClock.now - since < .seconds(2) { return nil }
+        guard let vm = try? VMName(name), let probe = manager.statusProbe(vm), let s = probe.status() else {
+            noProbeSince[name] = ContinuousClock.now
+            return nil
+        }
+        noProbeSince[name] = nil
+        probes[name] = probe
+        return s
+    }
+}
+
+private let hostDispatch: plasma_host_fn = { L, ctx in
+    let f = Unmanaged<LuaSession.HostFunction>.fromOpaque(ctx!).takeUnretainedValue()
+    switch f.body(L!) {
+    case .results(let n): return n
+    case .error(let message):
+        LuaStack.pushString(L!, message)
+        return -1
+    }
+}
