@@ -83,9 +83,9 @@ extension LuaSession {
         // nothing when no probe applies; the prelude then asks through the scheduler.
         register("status_fast") { [unowned self] L in
             guard let name = LuaStack.string(L, 1), let s = self.fastStatus(name) else { return .results(0) }
-            LuaStack.pushString(L, s.state.rawValue)
-            if let r = s.reason { LuaStack.pushString(L, r) } else { lua_pushnil(L) }
-            return .results(2)
+            let values = VMAPI.statusValues(s)
+            for v in values { self.push(L, v) }
+            return .results(Int32(values.count))
         }
         register("defer_delete") { [unowned self] L in
             if let name = LuaStack.string(L, 1) { self.deferredDeletes.append(name) }

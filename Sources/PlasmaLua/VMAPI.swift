@@ -143,11 +143,23 @@ struct VMAPI: Sendable {
             return c.run { _ = try await m.start(n); return [] }
         },
         Operation(name: "status", style: .method,
-                  summary: "state and reason") { c throws(PlasmaError) in
+                  summary: "state, reason code and message") { c throws(PlasmaError) in
+            let n = try c.vm(), m = c.api.manager
+            return c.run { statusValues(try await m.status(n)) }
+        },
+        Operation(name: "events", style: .method, binding: .plain,
+                  summary: "the VM's event log: a list of {time, unix_nanos, kind, state, …}") { c throws(PlasmaError) in
             let n = try c.vm(), m = c.api.manager
             return c.run {
-                let s = try await m.status(n)
-                return [.string(s.state.rawValue), s.reason.map(LuaValue.string) ?? .nil]
+                var events: [LuaValue] = []
+                var offset = 0
+                while true {
+                    let page = try await m.events(n, from: offset)
+                    for e in page.events { events.append(try LuaValue(json: e.json)) }
+                    if page.events.isEmpty || page.next == offset { break }
+                    offset = page.next
+                }
+                return [.array(events)]
             }
         },
         Operation(name: "stop", style: .method, options: [Option(name: "timeout", kind: .seconds, fallback: .int(30))],
@@ -186,7 +198,7 @@ struct VMAPI: Sendable {
             }
         },
         Operation(name: "info", style: .method, binding: .plain,
-                  summary: "{name, id, state, reason, pid, accel, dir, spec}") { c throws(PlasmaError) in
+                  summary: "{name, id, state, reason_code, reason, pid, accel, dir, spec}") { c throws(PlasmaError) in
             let n = try c.vm(), m = c.api.manager
             return c.run { [infoTable(try await m.info(n))] }
         },
@@ -378,6 +390,11 @@ struct VMAPI: Sendable {
                       memory: memory, cpus: cpus, disks: disks, networks: nets, accel: accel)
     }
 
+    /// What `v:status()` returns: the state, the reason code and the message.
+    static func statusValues(_ s: VMStatus) -> [LuaValue] {
+        [.string(s.state.rawValue), .string(s.reasonCode.rawValue), s.reason.map(LuaValue.string) ?? .nil]
+    }
+
     static func infoTable(_ info: VMInfo) -> LuaValue {
         var spec: [String: LuaValue] = [
             "memory": .string(info.spec.memory.description),
@@ -393,6 +410,7 @@ struct VMAPI: Sendable {
             "name": .string(info.spec.name.rawValue),
             "id": .string(info.spec.name.rawValue),
             "state": .string(info.status.state.rawValue),
+            "reason_code": .string(info.status.reasonCode.rawValue),
             "spec": .table(spec),
         ]
         if let r = info.status.reason { t["reason"] = .string(r) }

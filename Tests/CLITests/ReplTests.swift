@@ -140,7 +140,7 @@ struct ReplVMTests {
                 "PLASMAVMC-GUEST-READY"
                 0\t"42\\n"
                 "powerdown"
-                "stopped"\t"stopped by plasmavmc stop (step: powerdown)"
+                "stopped"\t"stop"\t"stopped by plasmavmc stop (step: powerdown)"
                 { vm<rl: stopped>, vm<rl-eph: created> }
 
                 """ , "\(r.stdout)")

@@ -20,11 +20,24 @@ v:wait_for("running", { timeout = 5 })
 assert(v:console_log():find("PLASMAVMC-GUEST-READY", 1, true))
 local step = v:stop { timeout = 30 }
 assert(step == "powerdown", step)
-local state, reason = v:status()
-assert(state == "stopped" and reason == "stopped by plasmavmc stop (step: powerdown)", state .. " " .. tostring(reason))
+local state, code, reason = v:status()
+assert(state == "stopped" and code == "stop" and reason == "stopped by plasmavmc stop (step: powerdown)",
+  state .. " " .. tostring(code) .. " " .. tostring(reason))
+local info = v:info()
+assert(info.reason_code == "stop" and info.reason == reason, tostring(info.reason_code))
 v:start()
 v:kill()
-assert(v:status() == "stopped")
+local killed, kcode, kreason = v:status()
+assert(killed == "stopped" and kcode == "killed" and kreason == "killed by plasmavmc kill (SIGKILL)", tostring(kreason))
+-- The event log, oldest first: the whole life of the VM.
+local kinds = {}
+for _, e in ipairs(v:events()) do
+  assert(type(e.time) == "string" and math.type(e.unix_nanos) == "integer" and type(e.state) == "string")
+  kinds[#kinds + 1] = e.kind
+end
+local seen = table.concat(kinds, ",")
+assert(seen:find("^create,launch,greeting,resume,") and seen:find("stop%-requested,stop%-step")
+  and seen:find("relaunch,launch,greeting,resume,kill%-requested,exit$"), seen)
 local names = {}
 for _, x in ipairs(vm.list()) do names[#names + 1] = x.name end
 assert(table.concat(names, ",") == "plan-life", table.concat(names, ","))

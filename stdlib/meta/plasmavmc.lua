@@ -15,6 +15,28 @@
 
 ---@alias plasmavmc.Accel "auto"|"kvm"|"tcg"
 
+---@alias plasmavmc.ReasonCode
+---| "guest-shutdown" # the guest powered itself off
+---| "stop" # plasmavmc stop (the message names the step)
+---| "host-quit" # a QMP quit from outside plasmavmc
+---| "host-signal" # SIGTERM/SIGINT/SIGHUP from outside plasmavmc
+---| "killed" # SIGKILL: plasmavmc kill, or from outside
+---| "qemu-crashed" # QEMU died of a fault signal or exited non-zero
+---| "guest-panicked"
+---| "launch-failed"
+---| "supervisor-lost" # the VM's supervisor is gone; QEMU is acted on by pid
+---| "created"
+---| "running"
+---| "paused"
+
+---@class plasmavmc.Event
+---@field time string ISO 8601, UTC, milliseconds
+---@field unix_nanos integer
+---@field kind string create, launch, greeting, resume, stop, powerdown, shutdown, reset, guest-panicked, stop-requested, stop-step, kill-requested, exit…
+---@field state plasmavmc.State the VM's state right after the event
+---@field reason_code? plasmavmc.ReasonCode on exit
+---@field message? string on exit
+
 ---@class plasmavmc.CreateSpec
 ---@field name string VM name, unique in the runtime directory
 ---@field kernel? string kernel image to boot; without one the VM boots from its first disk
@@ -48,6 +70,7 @@
 ---@field name string
 ---@field id string
 ---@field state plasmavmc.State
+---@field reason_code plasmavmc.ReasonCode why, machine-readable
 ---@field reason string why the VM is in that state (e.g. how it stopped)
 ---@field pid? integer QEMU's process id while it runs
 ---@field accel string the accelerator in use ("kvm" or "tcg")
@@ -66,8 +89,13 @@ function VM:start() end
 
 --- The VM's state, derived from its live QEMU process, and why.
 ---@return plasmavmc.State state
+---@return plasmavmc.ReasonCode code
 ---@return string reason
 function VM:status() end
+
+--- The VM's event log, oldest first (README: "Events").
+---@return plasmavmc.Event[]
+function VM:events() end
 
 --- Stop: ACPI powerdown (repeated), then QMP quit, SIGTERM, SIGKILL, all within the timeout.
 ---@param opts? plasmavmc.StopOptions
@@ -142,8 +170,13 @@ function vm.start(v) end
 
 ---@param v plasmavmc.Target
 ---@return plasmavmc.State state
+---@return plasmavmc.ReasonCode code
 ---@return string reason
 function vm.status(v) end
+
+---@param v plasmavmc.Target
+---@return plasmavmc.Event[]
+function vm.events(v) end
 
 ---@param v plasmavmc.Target
 ---@param opts? plasmavmc.StopOptions

@@ -268,8 +268,8 @@ end
 
 function VM.status(v)
   local name = target(v, "status")
-  local state, reason = native.status_fast(name)
-  if state then return state, reason end
+  local state, code, reason = native.status_fast(name)
+  if state then return state, code, reason end
   return call("status", name)
 end
 function VM.stop(v, opts)
