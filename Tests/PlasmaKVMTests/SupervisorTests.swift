@@ -120,6 +120,27 @@ struct SupervisorTests {
         }
     }
 
+    @Test func relaunchThatFailsReadsLaunchFailed() async throws {
+        let tmp = try TempDir(prefix: "rl")
+        defer { tmp.remove() }
+        let broken = try writeScript(tmp.path, "qemu", "#!/bin/sh\necho 'qemu: cannot start today' >&2\nexit 1\n")
+        try await withManager { m, root in
+            let n = try VMName("again")
+            _ = try await m.create(try spec("again"))
+            try await m.kill(n)
+            // The same VM, started by a process whose QEMU no longer starts.
+            let other = VMManager(hypervisor: KVMHypervisor(root: root, qemuBinary: broken))
+            await #expect {
+                _ = try await other.start(n)
+            } throws: { ($0 as! PlasmaError).code == .launchFailed }
+            let s = try await m.status(n)
+            #expect(s.state == .crashed && s.reasonCode == .launchFailed, "\(s)")
+            #expect(s.reason?.contains("QEMU exited while starting") == true, "\(s)")
+            #expect(try await kinds(m, n).last == "launch-failed")
+            try await m.delete(n)
+        }
+    }
+
     @Test func qemuAbortingIsQemuCrashed() async throws {
         try await withManager { m, root in
             let n = try await boot(m, root, "abrt")
