@@ -19,7 +19,7 @@ let package = Package(
         .target(name: "CPlasmaSys"),
         // The per-VM supervisor process: a lean C program (one poll loop) that starts QEMU,
         // records how it ended, logs its events and serves its console.
-        .executableTarget(name: "plasmavmc-supervisor",
+        .executableTarget(name: "plasmavmc-supervisor", dependencies: ["CPlasmaSys"],
                           cSettings: [.unsafeFlags(["-Wall", "-Wextra", "-Wno-unused-parameter"])]),
         // Value types, validation, the state model and errors. No I/O.
         .target(name: "PlasmaCore", swiftSettings: strict),

@@ -37,6 +37,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "CPlasmaSys.h"
+
 #define MAX_CLIENTS 64
 #define LINE_MAX_BYTES 65536
 #define CLIENT_OUT_MAX (4u << 20)   /* console bytes a client may lag behind before it is dropped */
@@ -125,21 +127,11 @@ static void path_in(char *out, size_t size, const char *name) {
 }
 
 static int proc_stat(pid_t pid, unsigned long long *start, char *state) {
-    char path[64], b[2048];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t n = read(fd, b, sizeof(b) - 1);
-    close(fd);
-    if (n <= 0) return -1;
-    b[n] = 0;
-    char *p = strrchr(b, ')');
-    if (!p || !p[1]) return -1;
-    p += 2;
-    if (state) *state = *p;
-    int field = 3;
-    while (*p && field < 22) { if (*p == ' ') field++; p++; }
-    *start = strtoull(p, NULL, 10);
+    uint64_t st = 0;
+    char letter = 0;
+    if (plasma_proc_stat(pid, &st, &letter) != 0) return -1;
+    *start = st;
+    if (state) *state = letter;
     return 0;
 }
 

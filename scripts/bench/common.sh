@@ -96,10 +96,22 @@ bench_ensure_guest() {
     fi
 }
 
+# bench_ensure_qmp_venv: VENV=.cache/bench-venv, a venv with QEMU's qemu.qmp library (from PyPI),
+# made if missing.
+bench_ensure_qmp_venv() {
+    VENV=$REPO_ROOT/.cache/bench-venv
+    if ! "$VENV/bin/python" -c 'import qemu.qmp' 2>/dev/null; then
+        echo "$BENCH_NAME: installing qemu.qmp into $VENV" >&2
+        python3 -m venv "$VENV"
+        "$VENV/bin/pip" install --quiet --disable-pip-version-check qemu.qmp
+    fi
+}
+
 # bench_make_rundir PREFIX: RUNDIR=a fresh /tmp/PREFIX.XXXXXX (short path: unix socket paths
 # have at most 107 bytes); the trap removes it.
+# BENCH_TMP (default /tmp) is where it goes: e.g. /run (tmpfs), where root's VMs live by default.
 bench_make_rundir() {
-    RUNDIR=$(mktemp -d "/tmp/$1.XXXXXX")
+    RUNDIR=$(mktemp -d "${BENCH_TMP:-/tmp}/$1.XXXXXX")
 }
 
 # bench_run_driver CMD...: runs the driver and exits with its status. In the background + wait,

@@ -38,12 +38,7 @@ fi
 
 bench_ensure_guest
 
-VENV=$REPO_ROOT/.cache/bench-venv
-if ! "$VENV/bin/python" -c 'import qemu.qmp' 2>/dev/null; then
-    echo "lifecycle-bench: installing qemu.qmp into $VENV" >&2
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check qemu.qmp
-fi
+bench_ensure_qmp_venv
 
 bench_make_rundir pvc
 bench_run_driver "$VENV/bin/python" "$BENCH_DIR/lifecycle_bench.py" \

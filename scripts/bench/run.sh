@@ -19,8 +19,6 @@ BENCH_SWEEP_VMS=1
 # Repo root, scratch path, the cleanup trap and the steps below: common.sh.
 source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/common.sh"
 
-VENV=$REPO_ROOT/.cache/bench-venv
-
 echo "bench: building release binaries (scratch path $SCRATCH)" >&2
 bench_build 1 3 plasmavmc plasmavmc-bench
 PLASMAVMC=$BIN/plasmavmc
@@ -29,11 +27,7 @@ BENCH=$BIN/plasmavmc-bench
 
 bench_ensure_guest
 
-if ! "$VENV/bin/python" -c 'import qemu.qmp' 2>/dev/null; then
-    echo "bench: installing qemu.qmp into $VENV" >&2
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check qemu.qmp
-fi
+bench_ensure_qmp_venv
 
 bench_make_rundir pvb
 bench_run_driver "$VENV/bin/python" "$BENCH_DIR/bench.py" \
