@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/setup.sh
+# plasmavmc and the per-VM supervisor it starts beside itself.
 swift build -c release --product plasmavmc >&2
+swift build -c release --product plasmavmc-supervisor >&2
 bin=$(swift build -c release --show-bin-path)/plasmavmc
 
 if [ -z "${PLASMAVMC_RUNTIME_DIR:-}" ]; then
