@@ -29,20 +29,24 @@ struct QMPResourceTests {
         warm.close()
         await warm.waitClosed()
         let before = Self.connectionDescriptors()
-        for _ in 0..<50 {
+        let cycles = 200
+        for _ in 0..<cycles {
             let client = try await QMPClient.connect(path: server.path, timeout: .seconds(30))
             client.close()
         }
-        // Other tests in this process open and close sockets meanwhile: count only what is
-        // new and still open after a short settle (the server side closes on EOF).
+        // Other tests in this process (supervisor connections, console readers, servers) open
+        // sockets meanwhile, a handful at a time: count what is new and still open after a
+        // short settle, and allow that handful. A leak keeps one or two per connection (the
+        // old client held 1-1.5 per cycle), far above it.
+        let allowance = 20
         let clock = ContinuousClock()
         let deadline = clock.now + .seconds(3)
         var kept = Self.connectionDescriptors().subtracting(before)
-        while kept.count > 2, clock.now < deadline {
+        while kept.count > allowance, clock.now < deadline {
             try await Task.sleep(for: .milliseconds(50))
             kept = Self.connectionDescriptors().subtracting(before)
         }
-        #expect(kept.count <= 2, "50 closed connections left \(kept.count) descriptors open: \(kept.sorted().prefix(8))")
+        #expect(kept.count <= allowance, "\(cycles) closed connections left \(kept.count) descriptors open: \(kept.sorted().prefix(8))")
     }
 
     @Test func cancelledConnectEndsAtOnceWhileTheMonitorIsSilent() async throws {
