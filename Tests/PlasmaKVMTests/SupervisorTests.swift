@@ -84,12 +84,19 @@ struct SupervisorTests {
         try await withManager { m, root in
             let n = try await boot(m, root, "sk")
             let pid = try #require(try await m.status(n).pid)
+            var t0 = timespec()
+            clock_gettime(CLOCK_REALTIME, &t0)
             kill(pid, SIGKILL)
-            // The supervisor reaps at once; 2 s is a generous bound for that.
-            let s = try await waitFor(m, n, timeout: .seconds(2)) { $0.pid == nil }
+            let s = try await waitFor(m, n, timeout: .seconds(30)) { $0.pid == nil }
             #expect(s.state == .crashed)
             #expect(s.reasonCode == .killed)
             #expect(s.reason == "killed by SIGKILL from outside plasmavmc")
+            // Under 2 s by the supervisor's own clock (the exit event's time), whatever the load
+            // on this test process.
+            let exit = try #require(try await m.events(n).events.last)
+            #expect(exit.kind == "exit")
+            let sent = Int64(t0.tv_sec) * 1_000_000_000 + Int64(t0.tv_nsec)
+            #expect(exit.unixNanos - sent < 2_000_000_000, "recorded \(Double(exit.unixNanos - sent) / 1e9) s after the signal")
             try await m.delete(n)
         }
     }
@@ -161,7 +168,10 @@ struct SupervisorTests {
             let t0 = clock.now
             #expect(try await m.status(n).state == .running)
             #expect(try await m.stop(n, timeout: .seconds(10)).step == .powerdown)
-            #expect(clock.now - t0 < .seconds(10), "stop went by pid, not through the frozen supervisor")
+            #expect(clock.now - t0 < .seconds(60))
+            let requested = try await m.events(n).events.last { $0.kind == "stop-requested" }
+            #expect(requested?.json.contains("\"supervisor\":\"lost\"") == true,
+                    "stop went by pid, not through the frozen supervisor: \(requested?.json ?? "no stop-requested event")")
             kill(sup, SIGKILL)
             try await m.delete(n)
         }
@@ -256,7 +266,9 @@ struct SupervisorTests {
             let clock = ContinuousClock()
             let t0 = clock.now
             let all = try await m.list()
-            #expect(clock.now - t0 < .seconds(1), "ls answers within a second beside a hung VM")
+            // It takes milliseconds (it used to block for ever); the bound leaves room for a
+            // loaded machine running the whole suite.
+            #expect(clock.now - t0 < .seconds(5), "ls answers at once beside a hung VM")
             let entry = try #require(all.first)
             let s = try entry.status.get()
             #expect(s.reason?.contains("stopped by a signal") == true, "\(s)")
@@ -274,7 +286,7 @@ struct SupervisorTests {
             let t0 = clock.now
             let outcome = try await m.stop(a, timeout: .seconds(4))
             #expect(outcome.step == .sigkill)
-            #expect(clock.now - t0 < .seconds(4 + 5), "within the timeout plus the SIGKILL wait")
+            #expect(clock.now - t0 < .seconds(4 + 10), "within the timeout plus the SIGKILL wait")
             try await m.delete(a)
 
             let b = try await boot(m, root, "hung-b")
@@ -367,7 +379,8 @@ struct SupervisorTests {
             let t0 = clock.now
             stop.cancel()
             _ = await stop.result
-            #expect(clock.now - t0 < .seconds(2), "a cancelled stop returns at once")
+            // A stop that ignored cancellation would run its 60 s; the bound leaves room for load.
+            #expect(clock.now - t0 < .seconds(20), "a cancelled stop returns at once")
             // The lock is free: another operation goes through.
             try await m.kill(n)
             try await m.delete(n)
