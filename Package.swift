@@ -13,6 +13,10 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
+        .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
+        .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
     ],
     targets: [
         // C helpers: posix_spawn with setsid, unix-socket connect, /proc reading.
@@ -45,10 +49,21 @@ let package = Package(
         .plugin(name: "EmbedLua", capability: .buildTool(), dependencies: ["plasmavmc-embed-lua"]),
         // The one internal API every front end uses.
         .target(name: "PlasmaVMM", dependencies: ["PlasmaHypervisor"], swiftSettings: strict),
+        // The gRPC VmService (`plasmavmc serve`) and its client, a VMHost for remote hosts. The
+        // code under Generated/ comes from proto/ (scripts/gen-proto.sh).
+        .target(name: "PlasmaRPC",
+                dependencies: [
+                    "PlasmaVMM", "CPlasmaSys",
+                    .product(name: "GRPCCore", package: "grpc-swift-2"),
+                    .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                    .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+                    .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                ],
+                swiftSettings: strict),
         .executableTarget(
             name: "plasmavmc",
             dependencies: [
-                "PlasmaVMM", "PlasmaKVM", "PlasmaLua", "CPlasmaEdit", "CPlasmaSys",
+                "PlasmaVMM", "PlasmaKVM", "PlasmaLua", "PlasmaRPC", "CPlasmaEdit", "CPlasmaSys",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
@@ -64,6 +79,7 @@ let package = Package(
         .testTarget(name: "PlasmaLuaTests", dependencies: ["PlasmaLua", "PlasmaVMM", "PlasmaTestSupport"]),
         .testTarget(name: "PlasmaKVMTests",
                     dependencies: ["PlasmaKVM", "PlasmaVMM", "PlasmaCore", "PlasmaTestSupport"]),
+        .testTarget(name: "PlasmaRPCTests", dependencies: ["PlasmaRPC", "PlasmaVMM", "PlasmaTestSupport", "CPlasmaSys"]),
         .testTarget(name: "CLITests", dependencies: ["PlasmaTestSupport"]),
     ]
 )

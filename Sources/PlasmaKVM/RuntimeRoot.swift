@@ -38,7 +38,7 @@ public struct RuntimeRoot: Sendable {
     /// trusted (see `checkTrusted`).
     /// - Throws: `unavailable` for a root that cannot be made or cannot be trusted,
     ///   `invalidArgument` when it is not a folder.
-    func ensureExists() throws {
+    public func ensureExists() throws {
         if try checkTrusted() { return }
         let parent = (path as NSString).deletingLastPathComponent
         do {

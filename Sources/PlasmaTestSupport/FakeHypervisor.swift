@@ -20,6 +20,7 @@ public final class FakeHypervisor: Hypervisor, Sendable {
         var nextPid: Int32 = 1000
         var typed: [VMName: String] = [:]
         var events: [VMName: [VMEvent]] = [:]
+        var cancelled: [String] = []
     }
 
     private let state = Mutex(State())
@@ -47,8 +48,18 @@ public final class FakeHypervisor: Hypervisor, Sendable {
     private func record(_ op: String, _ name: VMName) async throws {
         state.withLock { $0.calls.append("\(op) \(name)") }
         note(op, name)
-        if operationDelay > .zero { try await Task.sleep(for: operationDelay) }
+        if operationDelay > .zero {
+            do {
+                try await Task.sleep(for: operationDelay)
+            } catch {
+                state.withLock { $0.cancelled.append("\(op) \(name)") }
+                throw error
+            }
+        }
     }
+
+    /// Operations whose delay was cut short by cancellation, as "op name".
+    public var cancelledOperations: [String] { state.withLock { $0.cancelled } }
 
     private func vm(_ name: VMName) throws -> VM {
         guard let vm = state.withLock({ $0.vms[name] }) else {

@@ -74,7 +74,7 @@ struct Plasmavmc: AsyncParsableCommand {
             """,
         version: PlasmavmcVersion.line,
         subcommands: [Run.self, TestCommand.self, ReplCommand.self, Console.self, Create.self, Start.self, Status.self, Stop.self, Kill.self, Pause.self,
-                      Resume.self, Delete.self, List.self, Logs.self, Events.self, Version.self, Completion.self])
+                      Resume.self, Delete.self, List.self, Logs.self, Events.self, Serve.self, Version.self, Completion.self])
 }
 
 struct Version: ParsableCommand {
