@@ -81,6 +81,9 @@ public protocol Hypervisor: Sendable {
     func monitorCommand(_ name: VMName, _ command: String, argumentsJSON: String?) async throws -> String
     /// A status probe for `name`, or nil when the backend has none or the VM is not up.
     func statusProbe(_ name: VMName) -> (any VMStatusProbe)?
+    /// A follower of the VM's event log (see `VMEventFollower`); `replay`: from the start,
+    /// else from now on.
+    func eventFollower(_ name: VMName, replay: Bool) async throws -> any VMEventFollower
     /// Runs `body` while holding the VM's lock, shared with every other process.
     func withExclusiveAccess<T: Sendable>(to name: VMName, timeout: Duration,
                                           _ body: @Sendable () async throws -> T) async throws -> T
@@ -98,4 +101,53 @@ public protocol VMStatusProbe: AnyObject {
 extension Hypervisor {
     /// A status probe for `name`, or nil when the backend has none or the VM is not up.
     public func statusProbe(_ name: VMName) -> (any VMStatusProbe)? { nil }
+}
+
+/// Follows one VM's event log as it grows, for a watcher (the gRPC WatchVm). A backend that can
+/// keep the log open goes on reading it after the VM's folder is removed, so the events logged
+/// just before a delete still reach the watcher.
+public protocol VMEventFollower: AnyObject, Sendable {
+    /// Entries logged since the last call, and whether the VM is gone (nothing more will come).
+    func read() async throws -> (events: [VMEvent], ended: Bool)
+    func close()
+}
+
+extension Hypervisor {
+    /// By default: polling `events(from:)`; the end is when the VM is no longer found.
+    public func eventFollower(_ name: VMName, replay: Bool) async throws -> any VMEventFollower {
+        try await PollingEventFollower(hypervisor: self, name: name, replay: replay)
+    }
+}
+
+final class PollingEventFollower: VMEventFollower, @unchecked Sendable {
+    let hypervisor: any Hypervisor
+    let name: VMName
+    // Used by one watcher at a time.
+    private var offset = 0
+
+    init(hypervisor: any Hypervisor, name: VMName, replay: Bool) async throws {
+        self.hypervisor = hypervisor
+        self.name = name
+        if !replay { _ = try await drain() }
+    }
+
+    private func drain() async throws -> [VMEvent] {
+        var out: [VMEvent] = []
+        while true {
+            let page = try await hypervisor.events(name, from: offset)
+            out += page.events
+            if page.events.isEmpty || page.next == offset { return out }
+            offset = page.next
+        }
+    }
+
+    func read() async throws -> (events: [VMEvent], ended: Bool) {
+        do {
+            return (try await drain(), false)
+        } catch let e as PlasmaError where e.code == .notFound {
+            return ([], true)
+        }
+    }
+
+    func close() {}
 }

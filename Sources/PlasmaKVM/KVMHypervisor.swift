@@ -361,6 +361,10 @@ public struct KVMHypervisor: Hypervisor {
         return EventLog.read(paths.events, from: offset)
     }
 
+    public func eventFollower(_ name: VMName, replay: Bool) async throws -> any VMEventFollower {
+        try EventLogFollower(paths: try existing(name), replay: replay)
+    }
+
     public func statusProbe(_ name: VMName) -> (any VMStatusProbe)? {
         guard let paths = try? existing(name),
               let launch = (try? RecordFile.read(LaunchRecord.self, from: paths.launch)) ?? nil, launch.process.isAlive,

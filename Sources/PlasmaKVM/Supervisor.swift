@@ -213,6 +213,11 @@ enum EventLog {
         let data = (try? h.read(upToCount: 4 << 20)) ?? Data()
         guard let lastNewline = data.lastIndex(of: 0x0a) else { return ([], from) }
         let whole = data[data.startIndex...lastNewline]
+        return (parse(whole), from + whole.count)
+    }
+
+    /// The entries in whole lines of the log; lines that are not entries are skipped.
+    static func parse(_ whole: Data) -> [VMEvent] {
         var events: [VMEvent] = []
         for line in whole.split(separator: 0x0a) {
             guard let obj = (try? JSONSerialization.jsonObject(with: Data(line))) as? [String: Any],
@@ -223,6 +228,6 @@ enum EventLog {
                                   reasonCode: (obj["reason_code"] as? String).flatMap(ReasonCode.init(rawValue:)),
                                   json: String(decoding: line, as: UTF8.self)))
         }
-        return (events, from + whole.count)
+        return events
     }
 }

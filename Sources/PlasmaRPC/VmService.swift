@@ -157,14 +157,15 @@ public struct VmService: Plasmavmc_V1_VmService.SimpleServiceProtocol {
                 try await watchAll(replay: request.replay, response: response)
             } else {
                 let name = try VMName(request.name)
-                var follower = try await EventFollower(manager: manager, name: name, replay: request.replay)
-                try await follow(&follower, response: response)
+                let follower = try await EventFollower(manager: manager, name: name, replay: request.replay)
+                defer { follower.follower.close() }
+                try await follow(follower, response: response)
             }
         }
     }
 
     /// Streams one VM's events until it is deleted (then a last "deleted" event) or the call ends.
-    private func follow(_ follower: inout EventFollower, response: RPCWriter<Plasmavmc_V1_VmEvent>) async throws {
+    private func follow(_ follower: EventFollower, response: RPCWriter<Plasmavmc_V1_VmEvent>) async throws {
         while true {
             let (events, gone) = try await follower.poll()
             for e in events { try await response.write(Convert.event(e, name: follower.name)) }
@@ -192,6 +193,7 @@ public struct VmService: Plasmavmc_V1_VmService.SimpleServiceProtocol {
     /// from its first event on. Runs until the call ends.
     private func watchAll(replay: Bool, response: RPCWriter<Plasmavmc_V1_VmEvent>) async throws {
         var followers: [VMName: EventFollower] = [:]
+        defer { for f in followers.values { f.follower.close() } }
         var first = true
         var lastList = ContinuousClock.now - listInterval
         while true {
@@ -207,14 +209,13 @@ public struct VmService: Plasmavmc_V1_VmService.SimpleServiceProtocol {
                 first = false
             }
             for name in followers.keys.sorted(by: { $0.rawValue < $1.rawValue }) {
-                guard var f = followers[name] else { continue }
+                guard let f = followers[name] else { continue }
                 let (events, gone) = try await f.poll()
                 for e in events { try await response.write(Convert.event(e, name: name)) }
                 if gone {
                     try await response.write(Self.deleted(name))
+                    f.follower.close()
                     followers[name] = nil
-                } else {
-                    followers[name] = f
                 }
             }
             if shutdown.isEnded { return }
@@ -311,40 +312,19 @@ public struct VmService: Plasmavmc_V1_VmService.SimpleServiceProtocol {
     }
 }
 
-/// Reads one VM's event log as it grows. A hypervisor that can hold the log open (KVM) keeps
-/// reading it after the VM's folder is removed, so the last events before a delete are not lost.
+/// Reads one VM's event log as it grows, through the hypervisor's follower (which for KVM
+/// holds the log open, so the events logged just before a delete are not lost).
 struct EventFollower {
     let name: VMName
-    let manager: VMManager
-    var offset: Int
+    let follower: any VMEventFollower
 
     init(manager: VMManager, name: VMName, replay: Bool) async throws {
-        self.manager = manager
         self.name = name
-        offset = 0
-        if !replay {
-            // Skip what is logged now.
-            while true {
-                let page = try await manager.events(name, from: offset)
-                if page.events.isEmpty || page.next == offset { break }
-                offset = page.next
-            }
-        }
+        follower = try await manager.eventFollower(name, replay: replay)
     }
 
     /// New events, and whether the VM is gone.
-    mutating func poll() async throws -> ([VMEvent], Bool) {
-        do {
-            var out: [VMEvent] = []
-            while true {
-                let page = try await manager.events(name, from: offset)
-                out += page.events
-                if page.events.isEmpty || page.next == offset { break }
-                offset = page.next
-            }
-            return (out, false)
-        } catch let e as PlasmaError where e.code == .notFound {
-            return ([], true)
-        }
+    func poll() async throws -> ([VMEvent], Bool) {
+        try await follower.read()
     }
 }

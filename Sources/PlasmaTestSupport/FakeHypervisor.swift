@@ -90,6 +90,7 @@ public final class FakeHypervisor: Hypervisor, Sendable {
             st.nextPid += 1
             let s = VMStatus(state: .created, pid: st.nextPid, accel: "tcg")
             st.vms[spec.name] = VM(spec: spec, status: s)
+            st.events[spec.name] = []
             return s
         }
         try await record("create", spec.name)
@@ -191,6 +192,32 @@ public final class FakeHypervisor: Hypervisor, Sendable {
         _ = try vm(name)
         let all = state.withLock { $0.events[name] ?? [] }
         return (Array(all.dropFirst(min(offset, all.count))), all.count)
+    }
+
+    /// Follows the event log like the KVM backend does: entries logged before a delete are
+    /// still read, then the end.
+    public func eventFollower(_ name: VMName, replay: Bool) async throws -> any VMEventFollower {
+        _ = try vm(name)
+        let start = replay ? 0 : state.withLock { $0.events[name]?.count ?? 0 }
+        return Follower(fake: self, name: name, offset: start)
+    }
+
+    final class Follower: VMEventFollower, @unchecked Sendable {
+        let fake: FakeHypervisor
+        let name: VMName
+        var offset: Int
+        init(fake: FakeHypervisor, name: VMName, offset: Int) {
+            self.fake = fake
+            self.name = name
+            self.offset = offset
+        }
+        func read() async throws -> (events: [VMEvent], ended: Bool) {
+            let (all, gone) = fake.state.withLock { ($0.events[name] ?? [], $0.vms[name] == nil) }
+            let new = Array(all.dropFirst(min(offset, all.count)))
+            offset = all.count
+            return (new, gone)
+        }
+        func close() {}
     }
 
     public func monitorCommand(_ name: VMName, _ command: String, argumentsJSON: String?) async throws -> String {

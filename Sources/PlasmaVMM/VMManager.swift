@@ -119,6 +119,11 @@ public struct VMManager: Sendable {
         return try await guarded { try await hypervisor.events(name, from: offset) }
     }
 
+    /// A follower of the VM's event log (from the start with `replay`, else from now on).
+    public func eventFollower(_ name: VMName, replay: Bool) async throws -> any VMEventFollower {
+        try await guarded { try await hypervisor.eventFollower(name, replay: replay) }
+    }
+
     /// A raw QMP command; JSON text in and out. Legal while its QEMU is up.
     public func monitorCommand(_ name: VMName, _ command: String, argumentsJSON: String? = nil) async throws -> String {
         try await guarded { try await hypervisor.monitorCommand(name, command, argumentsJSON: argumentsJSON) }

@@ -285,12 +285,30 @@ struct VmServiceTests {
                     }
                 }
             }
-            // The watch lists VMs every 250 ms: a VM made after it began is caught from its start.
-            try await Task.sleep(for: .milliseconds(100))
-            _ = try await host.create(try spec("late"))
-            _ = try await host.start(try VMName("late"))
+            // Until the watch is live (it has seen an event of "early"), nudge "early".
+            _ = try await host.create(try spec("early"))
+            let early = try VMName("early")
+            _ = try await host.start(early)
             var got: [String] = []
+            var live = false
+            let nudger = Task {
+                while !Task.isCancelled {
+                    try? await host.pause(early)
+                    try? await host.resume(early)
+                    try? await Task.sleep(for: .milliseconds(50))
+                }
+            }
             for await line in seen.stream {
+                if line.hasPrefix("early ") {
+                    if !live {
+                        live = true
+                        nudger.cancel()
+                        _ = await nudger.result
+                        _ = try await host.create(try spec("late"))
+                        _ = try await host.start(try VMName("late"))
+                    }
+                    continue
+                }
                 got.append(line)
                 if line == "late start" { break }
             }
@@ -298,6 +316,7 @@ struct VmServiceTests {
             watcher.cancel()
             _ = try? await watcher.value
             try await host.delete(try VMName("late"), force: true)
+            try await host.delete(early, force: true)
             await host.close()
         }
     }
