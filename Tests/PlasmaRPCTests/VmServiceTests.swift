@@ -414,6 +414,48 @@ struct VmServiceTests {
         }
     }
 
+    @Test("A remote console connection: what the guest prints from now on comes out, what is written is typed; closing it ends the bridge")
+    func remoteConsoleConnection() async throws {
+        try await Harness.with { h in
+            let host = try await h.client()
+            let n = try VMName("rc1")
+            _ = try await host.create(try spec("rc1"))
+            h.fake.appendConsole(n, "old output\n")
+            let fd = try await host.consoleConnection(n)
+            #expect("ls\n".withCString { write(fd, $0, 3) } == 3)
+            var typed = ""
+            for _ in 0..<100 where typed.isEmpty {
+                try await Task.sleep(for: .milliseconds(50))
+                typed = h.fake.typed(n)
+            }
+            #expect(typed == "ls\n")
+            // The output stream starts at the end as it is when the server gets the call:
+            // print until something arrives.
+            let printer = Task {
+                while !Task.isCancelled {
+                    h.fake.appendConsole(n, "new output\n")
+                    try? await Task.sleep(for: .milliseconds(100))
+                }
+            }
+            var got = Data()
+            var buf = [UInt8](repeating: 0, count: 256)
+            var tv = timeval(tv_sec: 20, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            while !String(decoding: got, as: UTF8.self).contains("\n") {
+                let r = read(fd, &buf, buf.count)
+                if r <= 0 { break }
+                got.append(contentsOf: buf[0..<r])
+            }
+            printer.cancel()
+            _ = await printer.result
+            #expect(String(decoding: got, as: UTF8.self).hasPrefix("new output\n"))
+            #expect(!String(decoding: got, as: UTF8.self).contains("old"))
+            close(fd)
+            try await host.delete(n, force: true)
+            await host.close()
+        }
+    }
+
     @Test("Events page and raw QMP through the service")
     func eventsAndMonitor() async throws {
         try await Harness.with { h in
