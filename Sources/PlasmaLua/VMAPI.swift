@@ -281,7 +281,7 @@ struct VMAPI: Sendable {
         Operation(name: "connect", style: .function, parameters: [Parameter("address", .string)],
                   options: [Option(name: "ca", kind: .string), Option(name: "cert", kind: .string),
                             Option(name: "key", kind: .string), Option(name: "server_name", kind: .string)],
-                  summary: "a handle h on the host at unix:PATH or tcp:HOST:PORT: h.create{…}, h.get, h.list and every method, as vm; h.address, h:close()") { c throws(PlasmaError) in
+                  summary: "a handle h on another host (unix:PATH, tcp:HOST:PORT) with the functions of vm; h.address, h:close()") { c throws(PlasmaError) in
             let address = try wrap(prefix: "vm.connect: ") { try HostAddress(parsing: c.arg(0).string ?? "") }
             let ca = c.arg(1).string, cert = c.arg(2).string, key = c.arg(3).string, serverName = c.arg(4).string
             guard (cert == nil) == (key == nil) else {
