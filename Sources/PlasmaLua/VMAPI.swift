@@ -229,7 +229,8 @@ struct VMAPI: Sendable {
                         let tail = (try? await m.consoleLog(n, maxBytes: 400)) ?? ""
                         let lines = tail.replacingOccurrences(of: "\r", with: "").split(separator: "\n").suffix(5)
                             .map { "  | " + $0 }.joined(separator: "\n")
-                        throw PlasmaError(.timeout, "vm '\(n)': timed out after \(formatSeconds(limit)) waiting for state \(wanted) (it is \(s.state)\(s.reason.map { ": " + $0 } ?? "")); last console lines:\n\(lines)")
+                        let shown = m.isLocal ? "'\(n)'" : "'\(n)' on \(m.address)"
+                        throw PlasmaError(.timeout, "vm \(shown): timed out after \(formatSeconds(limit)) waiting for state \(wanted) (it is \(s.state)\(s.reason.map { ": " + $0 } ?? "")); last console lines:\n\(lines)")
                     }
                     try await Task.sleep(for: .milliseconds(100))
                 }

@@ -258,6 +258,18 @@ struct RemoteHostTests {
         #expect(!own.isClosed, "the caller's host is the caller's to close")
     }
 
+    @Test func waitsOnARemoteVMNameItsHost() async {
+        let outcome = await run("""
+            local v = vm.connect(H1).create{name = "w", kernel = "/k", ephemeral = true}
+            v:start()
+            local ok, e = pcall(v.wait_for, v, "stopped", {timeout = 0.2})
+            assert(not ok and e:find("vm 'w' on " .. H1 .. ": timed out after 0.2s waiting for state stopped", 1, true), e)
+            ok, e = pcall(v.wait_for_console, v, "NEVER", {timeout = 0.2})
+            assert(not ok and e:find("vm 'w' on " .. H1 .. ": timed out after 0.2s waiting for console pattern", 1, true), e)
+            """)
+        #expect(outcome.kind == .success, "\(outcome.message ?? "")")
+    }
+
     @Test func aVMThatCannotBeRemovedNamesItsHost() {
         let f = CleanupFailure(name: "web", reason: "busy", host: Self.h1)
         #expect(f.message == "could not remove vm 'web' on \(Self.h1) at the end: busy; remove it with: plasmavmc delete web --force --host \(Self.h1)")
