@@ -46,6 +46,11 @@ extension LuaSession {
         lua_setfield(L, -2, "restore_hook")
         push(L, VMAPI.reference)
         lua_setfield(L, -2, "api")
+        // The session's own host (id 0), for VM objects' tostring and info.
+        if let own = hosts.entry(0)?.host {
+            push(L, .table(["address": .string(own.address), "is_local": .bool(own.isLocal)]))
+            lua_setfield(L, -2, "host0")
+        }
 
         register("op") { [unowned self] L in
             switch self.startOperation(L) {
@@ -67,10 +72,11 @@ extension LuaSession {
                 return .results(2)
             }
         }
+        // newvm(host, name): the VM object; the plan has claimed the VM.
         register("newvm") { [unowned self] L in
-            guard let name = LuaStack.string(L, 1) else { return .error("newvm: name expected") }
-            self.unclaimed.remove(name)
-            self.push(L, .vm(name))
+            guard let host = Self.hostID(L, 1), let name = LuaStack.string(L, 2) else { return .error("newvm: host and name expected") }
+            self.unclaimed.remove(VMRef(host: host, name: name))
+            self.push(L, .vm(name, host: host))
             return .results(1)
         }
         register("now") { L in
@@ -82,13 +88,22 @@ extension LuaSession {
         // v:status() without a yield: the VM's held monitor answers on this thread. Returns
         // nothing when no probe applies; the prelude then asks through the scheduler.
         register("status_fast") { [unowned self] L in
-            guard let name = LuaStack.string(L, 1), let s = self.fastStatus(name) else { return .results(0) }
+            guard let host = Self.hostID(L, 1), let name = LuaStack.string(L, 2),
+                  let s = self.fastStatus(VMRef(host: host, name: name)) else { return .results(0) }
             let values = VMAPI.statusValues(s)
             for v in values { self.push(L, v) }
             return .results(Int32(values.count))
         }
         register("defer_delete") { [unowned self] L in
-            if let name = LuaStack.string(L, 1) { self.deferredDeletes.append(name) }
+            if let host = Self.hostID(L, 1), let name = LuaStack.string(L, 2) {
+                self.deferredDeletes.append(VMRef(host: host, name: name))
+            }
+            return .results(0)
+        }
+        // mark_closed(host): h's __close where it cannot yield (an error path): later calls
+        // through it raise; its VMs are removed and its connection closed when the session ends.
+        register("mark_closed") { [unowned self] L in
+            if let host = Self.hostID(L, 1) { _ = self.hosts.markClosed(host) }
             return .results(0)
         }
         // seconds(value, place, field, fallback, unlimited): the checked number of seconds,
@@ -127,19 +142,28 @@ extension LuaSession {
         return "\(place): '\(field)' must be a number, got \(String(cString: lua_typename(L, t)))"
     }
 
-    func fastStatus(_ name: String) -> VMStatus? {
-        if let probe = probes[name] {
+    /// A host id argument (an integer the prelude passes).
+    static func hostID(_ L: OpaquePointer, _ index: Int32) -> Int? {
+        guard lua_isinteger(L, index) != 0 else { return nil }
+        var isnum: Int32 = 0
+        return Int(plasma_tointeger(L, index, &isnum))
+    }
+
+    /// The status of a local VM from a held monitor, or nil (remote hosts have no probes).
+    func fastStatus(_ ref: VMRef) -> VMStatus? {
+        guard let entry = hosts.entry(ref.host), entry.host.isLocal, !entry.closed else { return nil }
+        if let probe = probes[ref] {
             if let s = probe.status() { return s }
             probe.close()
-            probes[name] = nil
+            probes[ref] = nil
         }
-        if let since = noProbeSince[name], ContinuousClock.now - since < .seconds(2) { return nil }
-        guard let vm = try? VMName(name), let probe = manager.statusProbe(vm), let s = probe.status() else {
-            noProbeSince[name] = ContinuousClock.now
+        if let since = noProbeSince[ref], ContinuousClock.now - since < .seconds(2) { return nil }
+        guard let vm = try? VMName(ref.name), let probe = entry.host.statusProbe(vm), let s = probe.status() else {
+            noProbeSince[ref] = ContinuousClock.now
             return nil
         }
-        noProbeSince[name] = nil
-        probes[name] = probe
+        noProbeSince[ref] = nil
+        probes[ref] = probe
         return s
     }
 }

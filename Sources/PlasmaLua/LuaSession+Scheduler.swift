@@ -373,10 +373,14 @@ extension LuaSession {
         }
     }
 
+    /// The operation's name, the id of the host it goes to, then its arguments.
     private func makeOperation(_ L: OpaquePointer) throws(PlasmaError) -> VMAPI.Work {
         guard let name = LuaStack.string(L, 1) else { throw PlasmaError(.internal, "operation name expected") }
+        guard let host = Self.hostID(L, 2) else { throw PlasmaError(.internal, "\(name): host id expected") }
         let top = lua_gettop(L)
-        let args = top >= 2 ? (2...top).map { LuaStack.value(L, $0) } : []
-        return try VMAPI(manager: manager, ephemeral: ephemeral, created: created, unclaimed: unclaimed).make(name, args)
+        let args = top >= 3 ? (3...top).map { LuaStack.value(L, $0) } : []
+        let api = VMAPI(hosts: hosts, hostID: host, connector: connector, ephemeral: ephemeral, created: created,
+                        unclaimed: unclaimed, deferredDeletes: deferredDeletes)
+        return try api.make(name, args)
     }
 }

@@ -12,9 +12,14 @@ import Synchronization
 ///
 /// The parts live in files of their own: the scheduler (`LuaSession+Scheduler`), the native
 /// functions (`LuaSession+Natives`), VM objects (`LuaSession+VMObjects`), cleanup at the end
-/// (`LuaSession+Cleanup`); the API's operations are defined once in `VMAPI`.
+/// (`LuaSession+Cleanup`), the hosts it talks to (`LuaSession+Hosts`); the API's operations
+/// are defined once in `VMAPI`.
 public final class LuaSession: @unchecked Sendable {
-    let manager: VMManager
+    /// Host 0 is the session's own (`vm`): the local VM manager, or a remote host given with
+    /// --host; `vm.connect` adds more. Shared with tasks and the emergency exit.
+    let hosts: HostTable
+    /// Makes host handles for `vm.connect`; nil: the session reaches no other host.
+    let connector: HostConnector?
     let options: PlanOptions
     /// The interrupt flag the state's count hook reads; set from any thread.
     let control: OpaquePointer
@@ -28,12 +33,13 @@ public final class LuaSession: @unchecked Sendable {
     var active = false
 
     /// VMs the session made ephemeral (removed at the end), those whose `<close>` deletion is
-    /// left to cleanup, and every VM it created. Shared with tasks and the emergency exit.
-    let ephemeral = NameList()
-    let deferredDeletes = NameList()
-    let created = NameList()
+    /// left to cleanup, and every VM it created, each with its host. Shared with tasks and the
+    /// emergency exit.
+    let ephemeral = RefList()
+    let deferredDeletes = RefList()
+    let created = RefList()
     /// VMs created by an operation whose result no Lua code received yet (see VMAPI.unclaimed).
-    let unclaimed = NameList()
+    let unclaimed = RefList()
 
     // Lua thread only.
     /// The state; valid between `open` and `close`, on the session's thread only.
@@ -54,17 +60,26 @@ public final class LuaSession: @unchecked Sendable {
     /// coroutines (the prelude tells them from a plan's own coroutines with it).
     var tokenRef: Int32 = LUA_REFNIL
     var scheduledRef: Int32 = LUA_REFNIL
-    /// Status probes by VM name, and when a VM last had none (to retry only now and then).
-    var probes: [String: any VMStatusProbe] = [:]
-    var noProbeSince: [String: ContinuousClock.Instant] = [:]
+    /// Status probes of local VMs, and when a VM last had none (to retry only now and then).
+    var probes: [VMRef: any VMStatusProbe] = [:]
+    var noProbeSince: [VMRef: ContinuousClock.Instant] = [:]
     var mainResult: Ending?
     /// VMs that could not be removed by `close`, with the reason.
     public private(set) var cleanupFailures: [CleanupFailure] = []
 
-    public init(manager: VMManager, options: PlanOptions) {
-        self.manager = manager
+    /// A session whose `vm` drives `host`; `connector` lets plans reach other hosts with
+    /// `vm.connect` (without one, `vm.connect` raises). The caller keeps `host` (and closes it);
+    /// the session closes the hosts `vm.connect` made when it ends.
+    public init(host: any VMHost, connector: HostConnector? = nil, options: PlanOptions) {
+        self.hosts = HostTable(host)
+        self.connector = connector
         self.options = options
         self.control = plasma_control_new()
+    }
+
+    /// A session on the local VM manager, reaching no other host.
+    public convenience init(manager: VMManager, options: PlanOptions) {
+        self.init(host: manager, options: options)
     }
 
     deinit {
@@ -133,16 +148,18 @@ public final class LuaSession: @unchecked Sendable {
     }
 
     /// Ends the session: removes ephemeral VMs and deferred `<close>` deletions (unless
-    /// `keep`), closes the state. Returns every VM the session created; VMs that could not
-    /// be removed are in `cleanupFailures`.
+    /// `keep`), each on its own host, closes the hosts `vm.connect` made, closes the state.
+    /// Returns every VM the session created; VMs that could not be removed are in
+    /// `cleanupFailures`.
     @discardableResult
-    public func close(keep: Bool = false) -> [String] {
+    public func close(keep: Bool = false) -> [HostedVM] {
         for p in probes.values { p.close() }
         probes = [:]
         if !keep { cleanupFailures = removeDoomedVMs() }
+        releaseHosts()
         lua_close(L)
         L = nil
-        return created.all
+        return created.all.map(hosted)
     }
 
     /// Stops the running chunk: its Lua code fails at its next instruction count check (and
@@ -198,12 +215,13 @@ public final class LuaSession: @unchecked Sendable {
     }
 }
 
-/// A list of VM names shared between the Lua thread and operation tasks.
-final class NameList: Sendable {
-    private let names = Mutex<[String]>([])
-    func append(_ n: String) { names.withLock { $0.append(n) } }
-    func remove(_ n: String) { names.withLock { $0.removeAll { $0 == n } } }
-    var all: [String] { names.withLock { $0 } }
+/// A list of VMs (each with its host) shared between the Lua thread and operation tasks.
+final class RefList: Sendable {
+    private let refs = Mutex<[VMRef]>([])
+    func append(_ r: VMRef) { refs.withLock { $0.append(r) } }
+    func remove(_ r: VMRef) { refs.withLock { $0.removeAll { $0 == r } } }
+    func contains(_ r: VMRef) -> Bool { refs.withLock { $0.contains(r) } }
+    var all: [VMRef] { refs.withLock { $0 } }
 }
 
 func formatSeconds(_ s: Double) -> String {

@@ -13,8 +13,8 @@ public enum LuaValue: Sendable, Equatable {
     case array([LuaValue])
     /// A table with string keys.
     case table([String: LuaValue])
-    /// A VM object for the named VM.
-    case vm(String)
+    /// A VM object for the named VM on one of the session's hosts (0: its own).
+    case vm(String, host: Int)
 
     public var string: String? {
         if case .string(let s) = self { return s }

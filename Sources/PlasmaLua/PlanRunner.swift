@@ -58,8 +58,10 @@ public struct PlanOutcome: Sendable {
     public var kind: Kind
     /// The error and its traceback, for stderr.
     public var message: String?
-    /// VMs left for inspection after a failure (--keep-on-failure).
+    /// VMs left for inspection after a failure (--keep-on-failure): their names, and the same
+    /// with their hosts in `kept`.
     public var keptVMs: [String]
+    public var kept: [HostedVM] = []
     /// Ephemeral and `<close>` VMs that could not be removed at the end, with the reason.
     public var cleanupFailures: [CleanupFailure] = []
 }
@@ -69,9 +71,16 @@ public final class PlanRunner: Sendable {
     let session: LuaSession
     let options: PlanOptions
 
-    public init(manager: VMManager, options: PlanOptions) {
+    /// A plan whose `vm` drives `host` (the caller keeps and closes it); `connector` lets it
+    /// reach other hosts with `vm.connect`, which are closed when the plan ends.
+    public init(host: any VMHost, connector: HostConnector? = nil, options: PlanOptions) {
         self.options = options
-        self.session = LuaSession(manager: manager, options: options)
+        self.session = LuaSession(host: host, connector: connector, options: options)
+    }
+
+    /// A plan on the local VM manager, reaching no other host.
+    public convenience init(manager: VMManager, options: PlanOptions) {
+        self.init(host: manager, options: options)
     }
 
     /// Stops the plan (Ctrl-C, --timeout); cleanup still runs.
@@ -106,7 +115,7 @@ public final class PlanRunner: Sendable {
         let outcome = session.run(arguments: options.arguments)
         let keep = options.keepOnFailure && outcome.kind != .success
         let created = session.close(keep: keep)
-        return PlanOutcome(kind: outcome.kind, message: outcome.message, keptVMs: keep ? created : [],
-                           cleanupFailures: session.cleanupFailures)
+        return PlanOutcome(kind: outcome.kind, message: outcome.message, keptVMs: keep ? created.map(\.name) : [],
+                           kept: keep ? created : [], cleanupFailures: session.cleanupFailures)
     }
 }

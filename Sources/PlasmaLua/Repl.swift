@@ -26,9 +26,16 @@ public final class Repl: Sendable {
     let session: LuaSession
     let options: Options
 
-    public init(manager: VMManager, plan: PlanOptions, options: Options) {
-        session = LuaSession(manager: manager, options: plan)
+    /// A REPL whose `vm` drives `host` (the caller keeps and closes it); `connector` lets it
+    /// reach other hosts with `vm.connect`, which are closed when it ends.
+    public init(host: any VMHost, connector: HostConnector? = nil, plan: PlanOptions, options: Options) {
+        session = LuaSession(host: host, connector: connector, options: plan)
         self.options = options
+    }
+
+    /// A REPL on the local VM manager, reaching no other host.
+    public convenience init(manager: VMManager, plan: PlanOptions, options: Options) {
+        self.init(host: manager, plan: plan, options: options)
     }
 
     /// Ctrl-C: stops the running call, if any; at the prompt, abandons the line being typed.

@@ -9,13 +9,20 @@ import PlasmaVMM
 /// Adding a method is one entry here, plus its stub in stdlib/meta/plasmavmc.lua and its row
 /// in the README (a test checks that those three agree).
 struct VMAPI: Sendable {
-    let manager: VMManager
+    /// The session's hosts, and the one this call goes to (0: the session's own, `vm`; others
+    /// from `vm.connect`).
+    let hosts: HostTable
+    let hostID: Int
+    /// Makes host handles for `vm.connect`; nil: this session reaches no other host.
+    let connector: HostConnector?
     /// VMs the plan made ephemeral (removed when it ends), and every VM it created.
-    let ephemeral: NameList
-    let created: NameList
+    let ephemeral: RefList
+    let created: RefList
     /// VMs created whose object the plan has not received yet (an interrupt can come between):
     /// removed at the end unless the plan got them.
-    let unclaimed: NameList
+    let unclaimed: RefList
+    /// VMs whose `<close>` deletion is left to cleanup.
+    let deferredDeletes: RefList
 
     typealias Work = @Sendable () async -> Result<[LuaValue], PlasmaError>
 
@@ -53,6 +60,8 @@ struct VMAPI: Sendable {
             case boolean
             /// A list of Lua patterns, each checked before use.
             case patterns
+            /// A string (a file path, a name).
+            case string
         }
         var name: String
         var kind: Kind
@@ -107,17 +116,17 @@ struct VMAPI: Sendable {
                   summary: "a VM object (v.name, v.id); state created") { c throws(PlasmaError) in
             let spec = try createSpec(c.args)
             let isEphemeral = c.arg(9).bool == true
-            let ephemeral = c.api.ephemeral, created = c.api.created, unclaimed = c.api.unclaimed, m = c.api.manager
+            let ephemeral = c.api.ephemeral, created = c.api.created, unclaimed = c.api.unclaimed, m = try c.host()
             // Marked now, on the Lua thread, before the task can run: cleanup then knows the
             // VM even when the plan is interrupted before or while the create runs; the plan
             // claims it when Lua gets its object.
-            let name = spec.name.rawValue
-            let listed = ephemeral.all.contains(name)
-            if isEphemeral && !listed { ephemeral.append(name) }
-            unclaimed.append(name)
+            let ref = c.ref(spec.name)
+            let listed = ephemeral.contains(ref)
+            if isEphemeral && !listed { ephemeral.append(ref) }
+            unclaimed.append(ref)
             let unmark: @Sendable () -> Void = {
-                unclaimed.remove(name)
-                if isEphemeral && !listed { ephemeral.remove(name) }
+                unclaimed.remove(ref)
+                if isEphemeral && !listed { ephemeral.remove(ref) }
             }
             return c.run {
                 guard !Task.isCancelled else {
@@ -133,23 +142,23 @@ struct VMAPI: Sendable {
                     if !cancelled { unmark() }
                     throw error
                 }
-                created.append(name)
-                return [.string(name)]
+                created.append(ref)
+                return [.string(ref.name)]
             }
         },
         Operation(name: "start", style: .method, binding: .plainReturningSelf,
                   summary: "boot (created, stopped or crashed -> running); returns v") { c throws(PlasmaError) in
-            let n = try c.vm(), m = c.api.manager
+            let n = try c.vm(), m = try c.host()
             return c.run { _ = try await m.start(n); return [] }
         },
         Operation(name: "status", style: .method,
                   summary: "state, reason code and message") { c throws(PlasmaError) in
-            let n = try c.vm(), m = c.api.manager
+            let n = try c.vm(), m = try c.host()
             return c.run { statusValues(try await m.status(n)) }
         },
         Operation(name: "events", style: .method, binding: .plain,
                   summary: "the VM's event log: a list of {time, unix_nanos, kind, state, …}") { c throws(PlasmaError) in
-            let n = try c.vm(), m = c.api.manager
+            let n = try c.vm(), m = try c.host()
             return c.run {
                 var events: [LuaValue] = []
                 var offset = 0
@@ -164,7 +173,7 @@ struct VMAPI: Sendable {
         },
         Operation(name: "stop", style: .method, options: [Option(name: "timeout", kind: .seconds, fallback: .int(30))],
                   summary: "powerdown, then quit, SIGTERM, SIGKILL; returns the step that stopped it") { c throws(PlasmaError) in
-            let n = try c.vm(), m = c.api.manager
+            let n = try c.vm(), m = try c.host()
             let seconds = try NumberCheck.seconds(c.arg(1), "vm.stop", "timeout", fallback: 30)!
             return c.run {
                 let outcome = try await m.stop(n, timeout: NumberCheck.duration(seconds))
@@ -173,39 +182,39 @@ struct VMAPI: Sendable {
         },
         Operation(name: "kill", style: .method, binding: .plain,
                   summary: "kill QEMU at once") { c throws(PlasmaError) in
-            let n = try c.vm(), m = c.api.manager
+            let n = try c.vm(), m = try c.host()
             return c.run { try await m.kill(n); return [] }
         },
         Operation(name: "pause", style: .method, binding: .plain,
                   summary: "pause the guest's CPUs") { c throws(PlasmaError) in
-            let n = try c.vm(), m = c.api.manager
+            let n = try c.vm(), m = try c.host()
             return c.run { try await m.pause(n); return [] }
         },
         Operation(name: "resume", style: .method, binding: .plain,
                   summary: "resume a paused VM") { c throws(PlasmaError) in
-            let n = try c.vm(), m = c.api.manager
+            let n = try c.vm(), m = try c.host()
             return c.run { try await m.resume(n); return [] }
         },
         Operation(name: "delete", style: .method, options: [Option(name: "force", kind: .boolean, fallback: .bool(false))],
                   summary: "remove the VM; later calls on v raise") { c throws(PlasmaError) in
-            let n = try c.vm(), m = c.api.manager
+            let n = try c.vm(), m = try c.host()
             let force = c.arg(1).bool == true
-            let ephemeral = c.api.ephemeral
+            let ephemeral = c.api.ephemeral, ref = c.ref(n)
             return c.run {
                 try await m.delete(n, force: force)
-                ephemeral.remove(n.rawValue)
+                ephemeral.remove(ref)
                 return []
             }
         },
         Operation(name: "info", style: .method, binding: .plain,
-                  summary: "{name, id, state, reason_code, reason, pid, accel, dir, spec}") { c throws(PlasmaError) in
-            let n = try c.vm(), m = c.api.manager
-            return c.run { [infoTable(try await m.info(n))] }
+                  summary: "{name, id, host, state, reason_code, reason, pid, accel, dir, spec}") { c throws(PlasmaError) in
+            let n = try c.vm(), m = try c.host()
+            return c.run { [infoTable(try await m.info(n), host: m.address)] }
         },
         Operation(name: "wait_for", style: .method, parameters: [Parameter("state", .state)],
                   options: [Option(name: "timeout", kind: .secondsOrNoLimit, fallback: .int(60))],
                   summary: "wait for a state (math.huge: no limit)") { c throws(PlasmaError) in
-            let n = try c.vm(), m = c.api.manager
+            let n = try c.vm(), m = try c.host()
             guard let wanted = c.arg(1).string.flatMap(VMState.init(rawValue:)) else {
                 throw PlasmaError(.invalidArgument, "vm.wait_for: unknown state")
             }
@@ -220,7 +229,8 @@ struct VMAPI: Sendable {
                         let tail = (try? await m.consoleLog(n, maxBytes: 400)) ?? ""
                         let lines = tail.replacingOccurrences(of: "\r", with: "").split(separator: "\n").suffix(5)
                             .map { "  | " + $0 }.joined(separator: "\n")
-                        throw PlasmaError(.timeout, "vm '\(n)': timed out after \(formatSeconds(limit)) waiting for state \(wanted) (it is \(s.state)\(s.reason.map { ": " + $0 } ?? "")); last console lines:\n\(lines)")
+                        let shown = m.isLocal ? "'\(n)'" : "'\(n)' on \(m.address)"
+                        throw PlasmaError(.timeout, "vm \(shown): timed out after \(formatSeconds(limit)) waiting for state \(wanted) (it is \(s.state)\(s.reason.map { ": " + $0 } ?? "")); last console lines:\n\(lines)")
                     }
                     try await Task.sleep(for: .milliseconds(100))
                 }
@@ -232,13 +242,13 @@ struct VMAPI: Sendable {
                   summary: "the first console line matching a Lua pattern, and the offset after it"),
         Operation(name: "send_console", style: .method, parameters: [Parameter("text", .string)],
                   summary: "type on the serial console") { c throws(PlasmaError) in
-            let n = try c.vm(), m = c.api.manager
+            let n = try c.vm(), m = try c.host()
             let text = c.arg(1).string ?? ""
             return c.run { try await m.sendConsole(n, text); return [] }
         },
         Operation(name: "console_log", style: .method, binding: .plain,
                   summary: "the serial console log so far") { c throws(PlasmaError) in
-            let n = try c.vm(), m = c.api.manager
+            let n = try c.vm(), m = try c.host()
             return c.run { [.string(try await m.consoleLog(n))] }
         },
         Operation(name: "exec", style: .method, parameters: [Parameter("command", .string)],
@@ -246,7 +256,7 @@ struct VMAPI: Sendable {
                   summary: "exit code and output of the command in the guest's serial shell"),
         Operation(name: "qmp", style: .method, parameters: [Parameter("command", .string), Parameter("arguments", .table)],
                   summary: "a raw QMP reply as a table") { c throws(PlasmaError) in
-            let n = try c.vm(), m = c.api.manager
+            let n = try c.vm(), m = try c.host()
             let command = c.arg(1).string ?? ""
             let argsJSON: String?
             switch c.arg(2) {
@@ -262,13 +272,44 @@ struct VMAPI: Sendable {
         },
         Operation(name: "list", style: .function,
                   summary: "VM objects for every VM under the runtime dir") { c throws(PlasmaError) in
-            let m = c.api.manager
-            return c.run { [.array(try await m.list().map { .vm($0.name.rawValue) })] }
+            let m = try c.host(), host = c.api.hostID
+            return c.run { [.array(try await m.list().map { .vm($0.name.rawValue, host: host) })] }
         },
         Operation(name: "get", style: .function, parameters: [Parameter("name", .string)],
                   summary: "the VM object, or nil and a message when absent"),
         Operation(name: "parallel", style: .function, parameters: [Parameter("functions", .functions)],
                   summary: "run functions concurrently; their first results in order"),
+        Operation(name: "connect", style: .function, parameters: [Parameter("address", .string)],
+                  options: [Option(name: "ca", kind: .string), Option(name: "cert", kind: .string),
+                            Option(name: "key", kind: .string), Option(name: "server_name", kind: .string)],
+                  summary: "a handle h on another host (unix:PATH, tcp:HOST:PORT) with the functions of vm; h.address, h:close()") { c throws(PlasmaError) in
+            let address = try wrap(prefix: "vm.connect: ") { try HostAddress(parsing: c.arg(0).string ?? "") }
+            let ca = c.arg(1).string, cert = c.arg(2).string, key = c.arg(3).string, serverName = c.arg(4).string
+            guard (cert == nil) == (key == nil) else {
+                throw PlasmaError(.invalidArgument, "vm.connect: 'cert' and 'key' go together (a client certificate needs its key)")
+            }
+            let tls = [ca, cert, key, serverName].allSatisfy({ $0 == nil }) ? nil
+                : HostTLS(caFile: ca.map(absolutePath), certFile: cert.map(absolutePath), keyFile: key.map(absolutePath),
+                          serverName: serverName)
+            guard let connector = c.api.connector else {
+                throw PlasmaError(.unavailable, "vm.connect: cannot connect to \(address): this session has no connector for other hosts (it was made without one)")
+            }
+            let hosts = c.api.hosts
+            let handleKey = [address.description, tls?.caFile ?? "", tls?.certFile ?? "", tls?.keyFile ?? "", tls?.serverName ?? ""]
+                .joined(separator: "\0")
+            @Sendable func handle(_ id: Int) -> [LuaValue] {
+                let h = hosts.entry(id)?.host
+                return [.int(Int64(id)), .string(h?.address ?? address.description), .bool(h?.isLocal ?? false)]
+            }
+            // The same place connected twice: one handle.
+            if let id = hosts.open(key: handleKey) { return c.run { handle(id) } }
+            return c.run {
+                let host = try await address.connect(with: connector, tls: tls)
+                let (id, added) = hosts.add(host, key: handleKey)
+                if !added { await host.close() }
+                return handle(id)
+            }
+        },
         Operation(name: "sleep", style: .global, parameters: [Parameter("seconds", .seconds)],
                   summary: "wait; other branches run meanwhile") { c throws(PlasmaError) in
             let seconds = try NumberCheck.seconds(c.arg(0), "sleep", "seconds", fallback: 0)!
@@ -279,7 +320,7 @@ struct VMAPI: Sendable {
         },
         // Natives of the prelude's composed operations.
         Operation(name: "exists", style: .internal, summary: "") { c throws(PlasmaError) in
-            let raw = c.arg(0).string ?? "", m = c.api.manager
+            let raw = c.arg(0).string ?? "", m = try c.host()
             return c.run {
                 do {
                     _ = try await m.status(try VMName(raw))
@@ -290,16 +331,38 @@ struct VMAPI: Sendable {
             }
         },
         Operation(name: "console_tail", style: .internal, summary: "") { c throws(PlasmaError) in
-            let n = try c.vm(), m = c.api.manager
+            let n = try c.vm(), m = try c.host()
             let bytes = try NumberCheck.whole(c.arg(1), "vm.console_tail", "bytes", fallback: 600, max: 1 << 20)
             return c.run { [.string(try await m.consoleLog(n, maxBytes: bytes))] }
         },
         Operation(name: "console_read", style: .internal, summary: "") { c throws(PlasmaError) in
-            let n = try c.vm(), m = c.api.manager
+            let n = try c.vm(), m = try c.host()
             let offset = try NumberCheck.whole(c.arg(1), "vm.console_read", "offset", fallback: 0, max: Int(Int64.max / 2))
             return c.run {
                 let (text, next) = try await m.consoleRead(n, from: offset)
                 return [.string(text), .int(Int64(next))]
+            }
+        },
+        // h:close(): later calls through h raise at once; h's ephemeral VMs (and `<close>`
+        // deletions left to cleanup) are removed on that host, then its connection is closed.
+        Operation(name: "close_host", style: .internal, summary: "") { c throws(PlasmaError) in
+            let id = c.api.hostID, hosts = c.api.hosts
+            guard id != 0 else { throw PlasmaError(.invalidArgument, "vm: the session's own host cannot be closed") }
+            guard let host = hosts.entry(id)?.host, hosts.markClosed(id) else { return c.run { [] } }
+            let api = c.api
+            var seen = Set<VMRef>()
+            let refs = (api.ephemeral.all + api.deferredDeletes.all + api.unclaimed.all)
+                .filter { $0.host == id && seen.insert($0).inserted }
+            let removal = Removal(hosts: hosts, lists: [api.ephemeral, api.deferredDeletes, api.unclaimed])
+            return c.run {
+                let failed = await removal.remove(refs)
+                // A VM that could not be removed keeps the connection for the session's end,
+                // which tries again and reports it.
+                if failed.isEmpty {
+                    await host.close()
+                    hosts.markReleased(id)
+                }
+                return []
             }
         },
     ]
@@ -338,6 +401,12 @@ struct VMAPI: Sendable {
             guard let s = arg(i).string else { throw PlasmaError(.invalidArgument, "vm.\(op): a vm name is required") }
             return try wrap { try VMName(s) }
         }
+
+        /// The host this call goes to; raises when the plan closed it.
+        func host() throws(PlasmaError) -> any VMHost { try api.hosts.host(api.hostID, for: "vm.\(op)") }
+
+        /// The VM `name` on this call's host.
+        func ref(_ name: VMName) -> VMRef { VMRef(host: api.hostID, name: name.rawValue) }
 
         func run(_ body: @escaping @Sendable () async throws -> [LuaValue]) -> Work {
             let op = self.op
@@ -395,7 +464,8 @@ struct VMAPI: Sendable {
         [.string(s.state.rawValue), .string(s.reasonCode.rawValue), s.reason.map(LuaValue.string) ?? .nil]
     }
 
-    static func infoTable(_ info: VMInfo) -> LuaValue {
+    /// What `v:info()` returns; `host` is the host's address ("local" for this machine).
+    static func infoTable(_ info: VMInfo, host: String) -> LuaValue {
         var spec: [String: LuaValue] = [
             "memory": .string(info.spec.memory.description),
             "cpus": .int(Int64(info.spec.cpus)),
@@ -409,6 +479,7 @@ struct VMAPI: Sendable {
         var t: [String: LuaValue] = [
             "name": .string(info.spec.name.rawValue),
             "id": .string(info.spec.name.rawValue),
+            "host": .string(host),
             "state": .string(info.status.state.rawValue),
             "reason_code": .string(info.status.reasonCode.rawValue),
             "spec": .table(spec),

@@ -127,3 +127,21 @@ public struct HostTLS: Sendable, Hashable {
 /// Makes a host handle for an address: the front ends call it for `--host`, `PLASMAVMC_HOST`
 /// and Lua's `vm.connect`. The plasmavmc binary passes PlasmaRPC's gRPC client; tests pass fakes.
 public typealias HostConnector = @Sendable (_ address: HostAddress, _ tls: HostTLS?) async throws -> any VMHost
+
+extension HostAddress {
+    /// Connects through `connector`. Its error names this address (prefixed when the
+    /// connector's own message does not), keeps its code, and any other error becomes
+    /// `unavailable`; a cancellation stays a `CancellationError`.
+    public func connect(with connector: HostConnector, tls: HostTLS?) async throws -> any VMHost {
+        do {
+            return try await connector(self, tls)
+        } catch let e as PlasmaError {
+            if e.message.contains(description) { throw e }
+            throw PlasmaError(e.code, "cannot connect to \(description): \(e.message)", cause: e.cause)
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch {
+            throw PlasmaError(.unavailable, "cannot connect to \(description): \(error)")
+        }
+    }
+}

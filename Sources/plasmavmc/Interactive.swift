@@ -26,11 +26,13 @@ struct ReplCommand: AsyncParsableCommand {
         let interactive = e == nil && isatty(0) != 0
         let plan = PlanOptions(source: "", chunkName: "=stdin", planDirectory: FileManager.default.currentDirectoryPath,
                                scriptName: "repl", stdlibPath: Stdlib.path)
-        let repl = Repl(manager: global.manager, plan: plan,
+        let host = try await global.connect()
+        let repl = Repl(host: host, connector: remoteConnector, plan: plan,
                         options: .init(code: e, interactive: interactive, historyPath: interactive ? Self.historyPath() : nil))
         let signals = SignalForwarder { _ in repl.interrupt() }
         let status = await repl.run()
         withExtendedLifetime(signals) {}
+        await host.close()
         if status != 0 { throw ExitCode(status) }
     }
 
@@ -59,17 +61,20 @@ struct Console: AsyncParsableCommand {
 
     func run() async throws {
         let name = try parseName(target.name)
-        let manager = target.global.manager
-        let status = try await manager.status(name)
+        try await target.global.withHost { try await attach(name, on: $0) }
+    }
+
+    private func attach(_ name: VMName, on host: any VMHost) async throws {
+        let status = try await host.status(name)
         guard status.pid != nil, status.state != .stopped else {
             throw PlasmaError(.invalidState, "vm '\(name)' is \(status.state): its console is not there; start it first")
         }
         // The log holds the shell's cursor-position queries (ESC[6n); replayed, they would make
         // the terminal answer into the guest's input.
-        let recent = try await manager.consoleLog(name, maxBytes: max(0, replay))
+        let recent = try await host.consoleLog(name, maxBytes: max(0, replay))
             .replacingOccurrences(of: "\u{1b}[6n", with: "")
         FileHandle.standardOutput.write(Data(recent.utf8))
-        let fd = try await manager.consoleConnection(name)
+        let fd = try await host.consoleConnection(name)
         FileHandle.standardError.write(Data("\r\n[attached to vm '\(name)' serial console; detach with Ctrl-]]\r\n".utf8))
         let outcome = await withCheckedContinuation { (c: CheckedContinuation<String?, Never>) in
             let t = Thread { c.resume(returning: ConsoleAttachment(fd: fd).run()) }
@@ -85,7 +90,7 @@ struct Console: AsyncParsableCommand {
 /// Copies stdin to the console socket and the socket to stdout until Ctrl-], end of input
 /// or the VM going away. The socket is read all the time: an unread console stalls the guest.
 struct ConsoleAttachment {
-    /// A connected console socket (from `VMManager.consoleConnection`); closed by `run`.
+    /// A connected console socket (from `VMHost.consoleConnection`); closed by `run`.
     let fd: Int32
     static let detachKey: UInt8 = 0x1d
 

@@ -112,11 +112,83 @@ struct GlobalOptions: ParsableArguments {
             help: "Folder holding one folder per VM (default: $PLASMAVMC_RUNTIME_DIR, /run/plasmavmc for root, else $XDG_RUNTIME_DIR/plasmavmc).")
     var runtimeDir: String?
 
+    @Option(name: .customLong("host"),
+            help: "Act on the VMs of a plasmavmc service elsewhere: unix:PATH or tcp:HOST:PORT (default: $PLASMAVMC_HOST; none: this machine's VMs).")
+    var host: String?
+
+    @Option(name: .customLong("tls-ca"), help: "With --host: PEM file of the CA that signed the server's certificate (default: $PLASMAVMC_TLS_CA).")
+    var tlsCA: String?
+
+    @Option(name: .customLong("tls-cert"), help: "With --host: PEM file of this client's certificate, for mutual TLS; needs --tls-key (default: $PLASMAVMC_TLS_CERT).")
+    var tlsCert: String?
+
+    @Option(name: .customLong("tls-key"), help: "With --host: PEM file of the client certificate's key (default: $PLASMAVMC_TLS_KEY).")
+    var tlsKey: String?
+
+    @Option(name: .customLong("tls-server-name"), help: "With --host: the name the server's certificate must carry (default: the address's host).")
+    var tlsServerName: String?
+
     var root: RuntimeRoot { RuntimeRoot.resolve(explicit: runtimeDir) }
 
-    var manager: VMManager {
-        // Checked in main before any command runs.
-        VMManager(hypervisor: KVMHypervisor(root: root, consoleLogMax: try? Self.consoleLogMax()))
+    /// A remote host to act on (`--host`, else `PLASMAVMC_HOST` unless `--runtime-dir` names a
+    /// local folder) with its TLS settings, or nil for this machine's VMs. Bad combinations
+    /// and a malformed address are usage errors (exit 2).
+    func remote(_ env: [String: String] = ProcessInfo.processInfo.environment) throws -> (address: HostAddress, tls: HostTLS?)? {
+        func given(_ v: String?) -> String? { v.flatMap { $0.isEmpty ? nil : $0 } }
+        if host != nil, runtimeDir != nil {
+            throw PlasmaError(.invalidArgument, "--host and --runtime-dir cannot be used together: --runtime-dir is a folder of VMs on this machine, --host another host's service; drop one")
+        }
+        let address: HostAddress
+        if let text = host {
+            address = try HostAddress(parsing: text)
+        } else if runtimeDir == nil, let text = given(env["PLASMAVMC_HOST"]) {
+            do {
+                address = try HostAddress(parsing: text)
+            } catch let e as PlasmaError {
+                throw PlasmaError(e.code, "PLASMAVMC_HOST: \(e.message)")
+            }
+        } else {
+            let flags: [(String, String?)] = [("--tls-ca", tlsCA), ("--tls-cert", tlsCert), ("--tls-key", tlsKey),
+                                              ("--tls-server-name", tlsServerName)]
+            if let flag = flags.first(where: { $0.1 != nil })?.0 {
+                throw PlasmaError(.invalidArgument, "\(flag) is for a remote host: give --host ADDRESS (or PLASMAVMC_HOST) too")
+            }
+            return nil
+        }
+        let ca = tlsCA ?? given(env["PLASMAVMC_TLS_CA"])
+        let cert = tlsCert ?? given(env["PLASMAVMC_TLS_CERT"])
+        let key = tlsKey ?? given(env["PLASMAVMC_TLS_KEY"])
+        guard (cert == nil) == (key == nil) else {
+            throw PlasmaError(.invalidArgument, cert != nil
+                ? "--tls-cert needs --tls-key (or PLASMAVMC_TLS_KEY): a client certificate goes with its key"
+                : "--tls-key needs --tls-cert (or PLASMAVMC_TLS_CERT): a client key goes with its certificate")
+        }
+        if [ca, cert, key, tlsServerName].allSatisfy({ $0 == nil }) { return (address, nil) }
+        return (address, HostTLS(caFile: ca.map(absolutePath), certFile: cert.map(absolutePath),
+                                 keyFile: key.map(absolutePath), serverName: tlsServerName))
+    }
+
+    /// The VMs the command acts on: this machine's (the local VM manager over QEMU), or those of
+    /// the remote host. The caller closes it.
+    func connect() async throws -> any VMHost {
+        guard let (address, tls) = try remote() else {
+            // PLASMAVMC_CONSOLE_LOG_MAX is checked in main before any command runs.
+            return VMManager(hypervisor: KVMHypervisor(root: root, consoleLogMax: try? Self.consoleLogMax()))
+        }
+        return try await address.connect(with: remoteConnector, tls: tls)
+    }
+
+    /// Runs `body` on the command's host and closes it afterwards.
+    func withHost<T>(_ body: (any VMHost) async throws -> T) async throws -> T {
+        let host = try await connect()
+        do {
+            let result = try await body(host)
+            await host.close()
+            return result
+        } catch {
+            await host.close()
+            throw error
+        }
     }
 
     /// `PLASMAVMC_CONSOLE_LOG_MAX`: bytes per console log file (default 8 MiB, two are kept).
@@ -138,10 +210,10 @@ struct VMTarget: ParsableArguments {
     @OptionGroup var global: GlobalOptions
     @Argument(help: "The VM's name.") var name: String
 
-    /// Runs `body` on the named VM and prints "NAME <what body returns>".
-    func act(_ body: (VMManager, VMName) async throws -> String) async throws {
+    /// Runs `body` on the named VM (on its host) and prints "NAME <what body returns>".
+    func act(_ body: (any VMHost, VMName) async throws -> String) async throws {
         let vm = try parseName(name)
-        let what = try await body(global.manager, vm)
+        let what = try await global.withHost { try await body($0, vm) }
         print("\(vm) \(what)")
     }
 }
@@ -174,7 +246,7 @@ struct Create: AsyncParsableCommand {
                           memory: try MemorySize(parsing: memory), cpus: cpus, disks: disk.map(absolutePath),
                           networks: try net.map { try NetworkSpec(parsing: $0) },
                           accel: try Accelerator(parsing: accel))
-        let status = try await global.manager.create(spec)
+        let status = try await global.withHost { try await $0.create(spec) }
         print("\(spec.name) created (pid \(status.pid.map(String.init) ?? "?"), accel \(status.accel ?? "?"))")
     }
 }
@@ -226,7 +298,7 @@ struct Status: AsyncParsableCommand {
     @Flag(help: "Print one JSON object.") var json = false
     func run() async throws {
         let n = try parseName(target.name)
-        let s = try await target.global.manager.status(n)
+        let s = try await target.global.withHost { try await $0.status(n) }
         if json { return try printJSON(StatusJSON(n, .success(s))) }
         print(s.state.rawValue)
         print("reason_code: \(s.reasonCode)")
@@ -292,11 +364,11 @@ struct Delete: AsyncParsableCommand {
 }
 
 struct List: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List every VM under the runtime dir.")
+    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List every VM under the runtime dir (or of the --host).")
     @OptionGroup var global: GlobalOptions
     @Flag(help: "Print a JSON array.") var json = false
     func run() async throws {
-        let vms = try await global.manager.list()
+        let vms = try await global.withHost { try await $0.list() }
         if json { return try printJSON(vms.map { StatusJSON($0.name, $0.status) }) }
         var rows = [["NAME", "STATE", "PID", "ACCEL", "REASON"]]
         for vm in vms {
@@ -331,20 +403,21 @@ struct Events: AsyncParsableCommand {
 
     func run() async throws {
         let n = try parseName(target.name)
-        let manager = target.global.manager
-        var offset = 0
-        while true {
-            let page: (events: [VMEvent], next: Int)
-            do {
-                page = try await manager.events(n, from: offset)
-            } catch let e as PlasmaError where e.code == .notFound && offset > 0 {
-                return  // deleted while followed
+        try await target.global.withHost { host in
+            var offset = 0
+            while true {
+                let page: (events: [VMEvent], next: Int)
+                do {
+                    page = try await host.events(n, from: offset)
+                } catch let e as PlasmaError where e.code == .notFound && offset > 0 {
+                    return  // deleted while followed
+                }
+                for e in page.events { print(json ? e.json : Self.text(e)) }
+                fflush(nil)
+                offset = page.next
+                if !follow { return }
+                try await Task.sleep(for: .milliseconds(100))
             }
-            for e in page.events { print(json ? e.json : Self.text(e)) }
-            fflush(nil)
-            offset = page.next
-            if !follow { return }
-            try await Task.sleep(for: .milliseconds(100))
         }
     }
 
@@ -372,7 +445,7 @@ struct Logs: AsyncParsableCommand {
     func run() async throws {
         let n = try parseName(target.name)
         if let tail, tail < 0 { throw PlasmaError(.invalidArgument, "--tail must be >= 0") }
-        let text = try await target.global.manager.consoleLog(n, maxBytes: tail)
+        let text = try await target.global.withHost { try await $0.consoleLog(n, maxBytes: tail) }
         FileHandle.standardOutput.write(Data(text.utf8))
     }
 }

@@ -61,7 +61,8 @@ struct Run: AsyncParsableCommand {
         }
         var opts = options
         opts.searchFolders = searchFolders
-        let runner = PlanRunner(manager: global.manager, options: opts)
+        let host = try await global.connect()
+        let runner = PlanRunner(host: host, connector: remoteConnector, options: opts)
         let signals = SignalForwarder(
             first: { signal in
                 runner.interrupt("interrupted (\(signal.name))", as: signal.number == SIGTERM ? .terminated : .interrupted)
@@ -76,12 +77,16 @@ struct Run: AsyncParsableCommand {
             })
         let outcome = await runner.run()
         withExtendedLifetime(signals) {}
+        await host.close()
         fflush(nil)
         if let message = outcome.message { Self.report(message) }
-        if !outcome.keptVMs.isEmpty {
-            var text = "plasmavmc: kept for inspection (runtime dir \(global.root.path)):\n"
-            for vm in outcome.keptVMs {
-                text += "  \(vm): plasmavmc status \(vm); plasmavmc logs \(vm); plasmavmc delete \(vm) --force\n"
+        if !outcome.kept.isEmpty {
+            let local = outcome.kept.contains { $0.host == nil }
+            var text = "plasmavmc: kept for inspection" + (local ? " (runtime dir \(global.root.path))" : "") + ":\n"
+            for vm in outcome.kept {
+                let n = vm.name, on = vm.hostOption
+                let place = vm.host.map { " on \($0)" } ?? ""
+                text += "  \(n)\(place): plasmavmc status \(n)\(on); plasmavmc logs \(n)\(on); plasmavmc delete \(n) --force\(on)\n"
             }
             FileHandle.standardError.write(Data(text.utf8))
         }

@@ -69,6 +69,7 @@
 ---@class plasmavmc.Info
 ---@field name string
 ---@field id string
+---@field host string the address of the VM's host ("local" for this machine)
 ---@field state plasmavmc.State
 ---@field reason_code plasmavmc.ReasonCode why, machine-readable
 ---@field reason string why the VM is in that state (e.g. how it stopped)
@@ -156,7 +157,9 @@ function VM:qmp(command, args) end
 -- A VM object or a VM name.
 ---@alias plasmavmc.Target plasmavmc.VM|string
 
---- The plasmavmc API given to plans.
+--- The plasmavmc API given to plans: VMs on the session's own host (this machine, or the host
+--- given with --host / PLASMAVMC_HOST). `vm.connect` gives the same API on other hosts.
+---@class plasmavmc.API
 vm = {}
 
 --- Create a VM (state "created": QEMU up, paused before boot).
@@ -253,6 +256,31 @@ function vm.parallel(...) end
 --- Pause the plan (other vm.parallel branches go on running).
 ---@param seconds number
 function sleep(seconds) end
+
+---@class plasmavmc.ConnectOptions
+---@field ca? string PEM file of the CA that signed the server's certificate (TLS)
+---@field cert? string PEM file of this client's certificate, for mutual TLS (needs key)
+---@field key? string PEM file of that certificate's private key (needs cert)
+---@field server_name? string the name the server's certificate must carry (default: the address's host)
+
+--- A handle on the VMs of another host, from `vm.connect`: every function of `vm`
+--- (`h.create{…}`, `h.get`, `h.list`, `h.start(v)`…) going to that host. VM objects it returns
+--- are bound to it: all their methods go there.
+---@class plasmavmc.Host : plasmavmc.API
+---@field address string the address it was connected to
+local Host = {}
+
+--- Close the connection: later calls through the handle or its VMs raise. The host's
+--- ephemeral VMs are removed first. Also done by `local h <close> = vm.connect(…)` and when
+--- the plan ends.
+function Host:close() end
+
+--- Connect to a plasmavmc service (`plasmavmc serve`): "unix:PATH" or "tcp:HOST:PORT"
+--- (`tcp:[::1]:PORT` for IPv6). Connecting to the same address again returns the same handle.
+---@param address string
+---@param opts? plasmavmc.ConnectOptions
+---@return plasmavmc.Host
+function vm.connect(address, opts) end
 
 ---------------------------------------------------------------------------------------------
 -- plasma.test (require "plasma.test")

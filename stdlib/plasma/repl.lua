@@ -128,7 +128,8 @@ function repl.complete(word)
     elseif type(value) == "userdata" and getmetatable(value) and getmetatable(value).__name == "plasmavmc.vm" then
       source = { name = true, id = true }
       for k, f in pairs(vm) do
-        if type(f) == "function" and k ~= "create" and k ~= "list" and k ~= "get" and k ~= "parallel" then source[k] = f end
+        if type(f) == "function" and k ~= "create" and k ~= "list" and k ~= "get" and k ~= "parallel"
+          and k ~= "connect" then source[k] = f end
       end
     end
   end

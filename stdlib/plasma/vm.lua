@@ -5,6 +5,11 @@
 -- Blocking-looking calls in the scheduler's coroutines yield the private token and an
 -- operation id; the scheduler resumes them with `true, results…` or `false, message`. In a
 -- plan's own coroutines (coroutine.create/wrap) and in metamethods they run synchronously.
+--
+-- Every operation goes to a host, named by an id: 0 is the session's own (`vm`: this machine,
+-- or the host given with --host); `vm.connect` makes the others. A VM object carries its
+-- host's id, so all its methods go there; a VM name goes to the host of the table it was
+-- given to (`vm.start("web")` to host 0, `h.start("web")` to h's).
 local native = assert(__plasma, "plasma.vm is the plan prelude, loaded by plasmavmc itself; it cannot be required")
 __plasma = nil
 local TOKEN, scheduled, check_interrupt = native.token, native.scheduled, native.check_interrupt
@@ -70,14 +75,15 @@ function coroutine.yield(...)
   return rawyield(...)
 end
 
--- Run native operation `name`: through the scheduler when it can, else synchronously.
-local function call(name, ...)
+-- Run native operation `name` on host `host`: through the scheduler when it can, else
+-- synchronously.
+local function call(host, name, ...)
   if not in_scheduler() then
-    local r = pack(native.sync(name, ...))
+    local r = pack(native.sync(name, host, ...))
     if r[1] then return unpack(r, 2, r.n) end
     raise(r[2])
   end
-  local started, id = rawpcall(native.op, name, ...)
+  local started, id = rawpcall(native.op, name, host, ...)
   if not started then raise(id) end
   local r = pack(rawyield(TOKEN, id))
   if r[1] then return unpack(r, 2, r.n) end
@@ -97,24 +103,34 @@ local function whole(value, place, field, fallback)
   return n
 end
 
-local VM = {}          -- methods
 local MT = { __name = "plasmavmc.vm" }
 debug.getregistry()["plasmavmc.vm"] = MT
+
+-- What the prelude knows of each host: {address=, is_local=, closed=}.
+local HOSTS = { [0] = { address = native.host0.address, is_local = native.host0.is_local } }
 
 local function fields(v)
   if type(v) ~= "userdata" or getmetatable(v) ~= MT then return nil end
   return getuservalue(v, 1)
 end
 
--- Accept a VM object or a name, as in vm.start(v) and vm.start("web1").
-local function target(v, fname)
+-- Accept a VM object or a name, as in vm.start(v) and vm.start("web1"): the VM's host and
+-- name. A VM object goes to its own host; a name to `host`, the host of the table used.
+local function target(host, v, fname)
   local f = fields(v)
   if f then
     if f.deleted then raise(("vm.%s: vm '%s' was deleted"):format(fname, f.name)) end
-    return f.name
+    return f.host, f.name
   end
-  if type(v) == "string" then return v end
+  if type(v) == "string" then return host, v end
   raise(("vm.%s: expected a vm or a vm name, got %s"):format(fname, type(v)))
+end
+
+-- "'web'", or "'web' on ADDRESS" for a VM on a host that is not this machine.
+local function label(host, name)
+  local h = HOSTS[host]
+  if h and not h.is_local then return ("'%s' on %s"):format(name, h.address) end
+  return ("'%s'"):format(name)
 end
 
 local function options(opts, fname, allowed)
@@ -205,6 +221,9 @@ local function checked_options(fname, opts)
       if v ~= nil and type(v) ~= "boolean" then raise(("%s: '%s' must be a boolean, got %s"):format(place, key, type(v))) end
       if v == nil then v = o.default end
       out[key] = v
+    elseif kind == "string" then
+      if v ~= nil and type(v) ~= "string" then raise(("%s: '%s' must be a string, got %s"):format(place, key, type(v))) end
+      out[key] = v
     elseif kind == "patterns" then
       if v ~= nil and type(v) ~= "table" then raise(("%s: '%s' must be a table, got %s"):format(place, key, type(v))) end
       for i, p in ipairs(v or {}) do pattern_ok(p, fname, ("%s[%d]"):format(key, i)) end
@@ -216,18 +235,20 @@ local function checked_options(fname, opts)
   return out
 end
 
-local function wrap(name)
-  return native.newvm(name)
+local function wrap(host, name)
+  return native.newvm(host, name)
 end
 
-local vm = {}
+-- Every operation below takes the host of the table it was called through first; the `vm`
+-- table and each host handle pass their own (see api_for).
+local IMPL = {}
 
 local CREATE_KEYS = {
   name = "string", kernel = "string", initrd = "string", append = "string", memory = "any",
   cpus = "number", disks = "table", net = "any", accel = "string", ephemeral = "boolean",
 }
 
-function vm.create(spec)
+local function create(host, spec)
   if type(spec) ~= "table" then raise("vm.create: expected a table like {name=…, kernel=…}, got " .. type(spec)) end
   options(spec, "create", CREATE_KEYS)
   if spec.name == nil then raise("vm.create: 'name' is required") end
@@ -248,56 +269,57 @@ function vm.create(spec)
   for i, n in ipairs(net or {}) do
     if type(n) ~= "string" then raise(("vm.create: net[%d] must be a string like \"user\", got %s"):format(i, type(n))) end
   end
-  local name = call("create", spec.name, spec.kernel, spec.initrd, spec.append,
+  local name = call(host, "create", spec.name, spec.kernel, spec.initrd, spec.append,
     spec.memory ~= nil and tostring(spec.memory) or nil, spec.cpus, spec.disks or {}, net or {},
     spec.accel, spec.ephemeral == true)
-  return wrap(name)
+  return wrap(host, name)
 end
 
 -- Plain methods come straight from the API definition.
 for _, op in ipairs(native.api) do
   if op.style == "method" and op.binding ~= "prelude" then
     local name, returns_self = op.name, op.binding == "self"
-    VM[name] = function(v)
-      local r = pack(call(name, target(v, name)))
+    IMPL[name] = function(host, v)
+      local h, n = target(host, v, name)
+      local r = pack(call(h, name, n))
       if returns_self then return v end
       return unpack(r, 1, r.n)
     end
   end
 end
 
-function VM.status(v)
-  local name = target(v, "status")
-  local state, code, reason = native.status_fast(name)
+function IMPL.status(host, v)
+  local h, name = target(host, v, "status")
+  local state, code, reason = native.status_fast(h, name)
   if state then return state, code, reason end
-  return call("status", name)
+  return call(h, "status", name)
 end
-function VM.stop(v, opts)
-  local name = target(v, "stop")
+function IMPL.stop(host, v, opts)
+  local h, name = target(host, v, "stop")
   opts = checked_options("stop", opts)
-  return call("stop", name, opts.timeout)
+  return call(h, "stop", name, opts.timeout)
 end
-function VM.delete(v, opts)
-  local name = target(v, "delete")
+function IMPL.delete(host, v, opts)
+  local h, name = target(host, v, "delete")
   opts = checked_options("delete", opts)
-  call("delete", name, opts.force)
+  call(h, "delete", name, opts.force)
   local f = fields(v)
   if f then f.deleted = true end
 end
-function VM.send_console(v, text)
-  local name = target(v, "send_console")
-  call("send_console", name, arguments("send_console", text))
+function IMPL.send_console(host, v, text)
+  local h, name = target(host, v, "send_console")
+  call(h, "send_console", name, arguments("send_console", text))
 end
-function VM.qmp(v, command, args)
-  local name = target(v, "qmp")
-  return call("qmp", name, arguments("qmp", command, args))
+function IMPL.qmp(host, v, command, args)
+  local h, name = target(host, v, "qmp")
+  return call(h, "qmp", name, arguments("qmp", command, args))
 end
 
-function VM.wait_for(v, state, opts)
-  local name = target(v, "wait_for")
+function IMPL.wait_for(host, v, state, opts)
+  local h, name = target(host, v, "wait_for")
   arguments("wait_for", state)
   opts = checked_options("wait_for", opts)
-  return call("wait_for", name, state, opts.timeout)
+  return call(h, "wait_for", name, state, opts.timeout)
 end
 
 local function lines_of(text)
@@ -306,25 +328,25 @@ local function lines_of(text)
   return out
 end
 
--- Where each VM's console log ended when last read, so exec reads only what is new instead
--- of the whole log on every call.
+-- Where each VM's console log ended when last read (by host and name), so exec reads only
+-- what is new instead of the whole log on every call.
 local console_ends = {}
 
-local function console_read(name, offset)
-  local text, nextoff = call("console_read", name, offset)
-  console_ends[name] = nextoff
+local function console_read(h, name, offset)
+  local text, nextoff = call(h, "console_read", name, offset)
+  console_ends[h .. "/" .. name] = nextoff
   return text, nextoff
 end
 
 -- The console's current end: reads only what was logged since the last read.
-local function console_tail_offset(name)
-  local _, offset = console_read(name, console_ends[name] or 0)
+local function console_tail_offset(h, name)
+  local _, offset = console_read(h, name, console_ends[h .. "/" .. name] or 0)
   return offset
 end
 
 -- The last console lines, for timeout messages.
-local function last_lines(name)
-  local tail = lines_of(call("console_tail", name, 600) .. "\n")
+local function last_lines(h, name)
+  local tail = lines_of(call(h, "console_tail", name, 600) .. "\n")
   local shown = {}
   for i = math.max(1, #tail - 5), #tail do shown[#shown + 1] = "  | " .. tail[i] end
   return table.concat(shown, "\n")
@@ -332,10 +354,10 @@ end
 
 -- Waits until `deadline` (native.now() time; math.huge: none) for a console line matching
 -- `pattern` from byte `offset` on; returns the line and the offset after it, or nil.
-local function await_line(name, pattern, offset, deadline, fail)
+local function await_line(h, name, pattern, offset, deadline, fail)
   local partial = ""
   while true do
-    local text, nextoff = console_read(name, offset)
+    local text, nextoff = console_read(h, name, offset)
     offset = nextoff
     local chunk = partial .. text
     local complete, rest = chunk:match("^(.*\n)(.*)$")
@@ -344,27 +366,27 @@ local function await_line(name, pattern, offset, deadline, fail)
     for _, line in ipairs(lines_of(complete)) do
       for _, bad in ipairs(fail or {}) do
         if line:find(bad) then
-          raise(("vm '%s': console showed failure pattern %q: %s"):format(name, bad, line))
+          raise(("vm %s: console showed failure pattern %q: %s"):format(label(h, name), bad, line))
         end
       end
       if line:find(pattern) then return line, offset end
     end
     if native.now() >= deadline then return nil end
-    call("sleep", 0.05)
+    call(h, "sleep", 0.05)
   end
 end
 
 -- Wait for a console line matching `pattern`; lines already logged before the call count too
 -- unless opts.since is given (a byte offset from a previous read).
-function VM.wait_for_console(v, pattern, opts)
-  local name = target(v, "wait_for_console")
+function IMPL.wait_for_console(host, v, pattern, opts)
+  local h, name = target(host, v, "wait_for_console")
   arguments("wait_for_console", pattern)
   opts = checked_options("wait_for_console", opts)
   local timeout = opts.timeout
-  local line, offset = await_line(name, pattern, opts.since, native.now() + timeout, opts.fail)
+  local line, offset = await_line(h, name, pattern, opts.since, native.now() + timeout, opts.fail)
   if line then return line, offset end
-  raise(("vm '%s': timed out after %gs waiting for console pattern %q (vm is %s); last console lines:\n%s")
-    :format(name, timeout, pattern, (call("status", name)), last_lines(name)))
+  raise(("vm %s: timed out after %gs waiting for console pattern %q (vm is %s); last console lines:\n%s")
+    :format(label(h, name), timeout, pattern, (call(h, "status", name)), last_lines(h, name)))
 end
 
 local exec_seq = 0
@@ -377,15 +399,15 @@ end
 -- makes sure a shell answers: a marker echoed back on a line of its own. The same line turns
 -- terminal echo and the prompt off, so neither the line editor's echo and redraws nor prompts
 -- mix with the command's output; exec restores both afterwards.
-local function await_shell(name, deadline)
+local function await_shell(h, name, deadline)
   while true do
     local tag = "__PLASMA_R_" .. unique_tag() .. "__"
-    local offset = console_tail_offset(name)
+    local offset = console_tail_offset(h, name)
     -- The leading newline runs (harmlessly) whatever fragment a lost write left behind.
-    call("send_console", name, "\nstty -echo; __plasma_ps1=$PS1; PS1=''; echo " .. tag .. "\n")
+    call(h, "send_console", name, "\nstty -echo; __plasma_ps1=$PS1; PS1=''; echo " .. tag .. "\n")
     local now = native.now()
     if now >= deadline then return false end
-    if await_line(name, "^" .. tag .. "$", offset, math.min(now + 2, deadline)) then return true end
+    if await_line(h, name, "^" .. tag .. "$", offset, math.min(now + 2, deadline)) then return true end
   end
 end
 
@@ -395,27 +417,27 @@ local function before_mark(line, mark)
   return nil
 end
 
-function VM.exec(v, cmd, opts)
-  local name = target(v, "exec")
+function IMPL.exec(host, v, cmd, opts)
+  local h, name = target(host, v, "exec")
   arguments("exec", cmd)
   opts = checked_options("exec", opts)
   local timeout = opts.timeout
   local deadline = native.now() + timeout
-  if not await_shell(name, deadline) then
-    raise(("vm '%s': exec: no shell answered on the serial console within %gs (vm is %s)"):format(
-      name, timeout, (call("status", name))))
+  if not await_shell(h, name, deadline) then
+    raise(("vm %s: exec: no shell answered on the serial console within %gs (vm is %s)"):format(
+      label(h, name), timeout, (call(h, "status", name))))
   end
   local tag = unique_tag()
   local start_mark, end_mark = "__PLASMA_S_" .. tag .. "__", "__PLASMA_E_" .. tag .. "__"
-  local offset = console_tail_offset(name)
-  call("send_console", name, ("echo %s; %s\necho %s=$?\n"):format(start_mark, cmd, end_mark))
-  local line = await_line(name, end_mark .. "=%d+$", offset, deadline)
+  local offset = console_tail_offset(h, name)
+  call(h, "send_console", name, ("echo %s; %s\necho %s=$?\n"):format(start_mark, cmd, end_mark))
+  local line = await_line(h, name, end_mark .. "=%d+$", offset, deadline)
   if not line then
-    raise(("vm '%s': exec: timed out after %gs waiting for %q to finish (vm is %s); last console lines:\n%s")
-      :format(name, timeout, cmd, (call("status", name)), last_lines(name)))
+    raise(("vm %s: exec: timed out after %gs waiting for %q to finish (vm is %s); last console lines:\n%s")
+      :format(label(h, name), timeout, cmd, (call(h, "status", name)), last_lines(h, name)))
   end
   local code = tonumber(line:match("=(%d+)$"))
-  local text = console_read(name, offset)
+  local text = console_read(h, name, offset)
   -- With echo and prompt off the console shows: START\n output… [partial line]END=rc\n.
   local out, started = {}, false
   for _, l in ipairs(lines_of(text)) do
@@ -430,11 +452,15 @@ function VM.exec(v, cmd, opts)
       out[#out + 1] = l
     end
   end
-  call("send_console", name, "PS1=$__plasma_ps1; stty echo\n")
+  call(h, "send_console", name, "PS1=$__plasma_ps1; stty echo\n")
   local result = table.concat(out, "\n")
   if #out > 0 and not out.partial then result = result .. "\n" end
   return code, result
 end
+
+-- A VM object's methods: its own host comes from the object.
+local VM = {}
+for k, impl in pairs(IMPL) do VM[k] = function(v, ...) return impl(0, v, ...) end end
 
 MT.__index = function(v, k)
   local f = getuservalue(v, 1)
@@ -443,37 +469,40 @@ MT.__index = function(v, k)
 end
 MT.__tostring = function(v)
   local f = getuservalue(v, 1)
-  if f.deleted then return ("vm<%s: deleted>"):format(f.name) end
-  local ok, state = pcall(call, "status", f.name)
-  return ("vm<%s: %s>"):format(f.name, ok and state or "unknown")
+  local h = HOSTS[f.host]
+  local shown = (h and not h.is_local) and (f.name .. "@" .. h.address) or f.name
+  if f.deleted then return ("vm<%s: deleted>"):format(shown) end
+  local ok, state = pcall(call, f.host, "status", f.name)
+  return ("vm<%s: %s>"):format(shown, ok and state or "unknown")
 end
-MT.__eq = function(a, b) return getuservalue(a, 1).name == getuservalue(b, 1).name end
--- Scope exit deletes the VM. Cleanup at the end of the session deletes it again if this
--- failed (or could not run here), and reports it if that fails too.
+MT.__eq = function(a, b)
+  local fa, fb = getuservalue(a, 1), getuservalue(b, 1)
+  return fa.name == fb.name and fa.host == fb.host
+end
+-- Scope exit deletes the VM (on its host). Cleanup at the end of the session deletes it again
+-- if this failed (or could not run here), and reports it if that fails too.
 MT.__close = function(v)
   local f = getuservalue(v, 1)
   if f.deleted then return end
   f.deleted = true
-  native.defer_delete(f.name)
-  if in_scheduler() then pcall(call, "delete", f.name, true) end
+  native.defer_delete(f.host, f.name)
+  if in_scheduler() then pcall(call, f.host, "delete", f.name, true) end
 end
 
-for k, fn in pairs(VM) do vm[k] = fn end
-
-function vm.list()
-  return call("list")
+local function list(host)
+  return call(host, "list")
 end
 
-function vm.get(name)
+local function get(host, name)
   arguments("get", name)
-  local ok, err = call("exists", name)
-  if ok then return wrap(name) end
+  local ok, err = call(host, "exists", name)
+  if ok then return wrap(host, name) end
   return nil, err
 end
 
 -- In the scheduler the branches run concurrently; in a plan's own coroutine they run one
 -- after another (nothing there can wait for two things at once).
-function vm.parallel(...)
+local function parallel(...)
   arguments("parallel", ...)
   local fns = pack(...)
   if fns.n == 0 then return end
@@ -491,9 +520,66 @@ function vm.parallel(...)
   return unpack(r, 2, r.n)
 end
 
+-- Host handles: `vm.connect` returns one per host (the same one when connected twice).
+local HANDLES = {}
+local HANDLE_IDS = setmetatable({}, { __mode = "k" })
+local HOST_MT = { __name = "plasmavmc.host" }
+
+-- h:close(): later calls through h (and its VMs) raise; its ephemeral VMs are removed on it
+-- and the connection closed. Where the caller cannot yield (an error path), that is left to
+-- the session's end.
+local function close_host(id)
+  local info = HOSTS[id]
+  if not info or info.closed then return end
+  info.closed = true
+  HANDLES[id] = nil
+  if in_scheduler() then
+    call(id, "close_host")
+  else
+    native.mark_closed(id)
+  end
+end
+
+HOST_MT.__tostring = function(h) return ("host<%s>"):format(rawget(h, "address")) end
+HOST_MT.__close = function(h)
+  local id = HANDLE_IDS[h]
+  if id then pcall(close_host, id) end
+end
+
+local connect
+
+-- The API on one host: the `vm` table (host 0) and each host handle have the same functions.
+local function api_for(host)
+  local api = {}
+  for k, impl in pairs(IMPL) do api[k] = function(v, ...) return impl(host, v, ...) end end
+  api.create = function(spec) return create(host, spec) end
+  api.list = function() return list(host) end
+  api.get = function(name) return get(host, name) end
+  api.parallel = parallel
+  api.connect = function(...) return connect(...) end
+  return api
+end
+
+connect = function(address, opts)
+  arguments("connect", address)
+  opts = checked_options("connect", opts)
+  local id, addr, is_local = call(0, "connect", address, opts.ca, opts.cert, opts.key, opts.server_name)
+  local h = HANDLES[id]
+  if h then return h end
+  HOSTS[id] = { address = addr, is_local = is_local }
+  h = api_for(id)
+  h.address = addr
+  h.close = function() close_host(id) end
+  HANDLE_IDS[h] = id
+  HANDLES[id] = setmetatable(h, HOST_MT)
+  return h
+end
+
+local vm = api_for(0)
+
 function sleep(s)
   arguments("sleep", s)
-  call("sleep", seconds(s, "sleep", "seconds", 0, false))
+  call(0, "sleep", seconds(s, "sleep", "seconds", 0, false))
 end
 
 _G.vm = vm
