@@ -38,9 +38,6 @@ public final class RemoteHost: VMHost {
         self.address = address.description
         let security: HTTP2ClientTransport.Posix.TransportSecurity
         if let tls {
-            guard tls.serverName == nil else {
-                throw PlasmaError(.invalidArgument, "\(address): a TLS server name other than the address's host is not supported")
-            }
             if (tls.certFile == nil) != (tls.keyFile == nil) {
                 throw PlasmaError(.invalidArgument, "\(address): a client certificate and its key go together")
             }
@@ -57,13 +54,18 @@ public final class RemoteHost: VMHost {
         } else {
             security = .plaintext
         }
+        // The name the server's certificate must carry (and the TLS SNI): --tls-server-name,
+        // else the address's host.
+        let config = HTTP2ClientTransport.Posix.Config.defaults { c in
+            if let name = tls?.serverName { c.http2.authority = name }
+        }
         let transport: HTTP2ClientTransport.Posix
         do {
             switch address {
             case .unix(let path):
-                transport = try HTTP2ClientTransport.Posix(target: .unixDomainSocket(path: path), transportSecurity: security)
+                transport = try HTTP2ClientTransport.Posix(target: .unixDomainSocket(path: path), transportSecurity: security, config: config)
             case .tcp(let host, let port):
-                transport = try HTTP2ClientTransport.Posix(target: .dns(host: host, port: port), transportSecurity: security)
+                transport = try HTTP2ClientTransport.Posix(target: .dns(host: host, port: port), transportSecurity: security, config: config)
             }
         } catch {
             throw PlasmaError(.invalidArgument, "\(address): cannot set up the connection", cause: "\(error)")

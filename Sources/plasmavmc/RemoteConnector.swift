@@ -1,8 +1,10 @@
+import PlasmaRPC
 import PlasmaVMM
 
 /// How this binary reaches a remote host: `--host`, `PLASMAVMC_HOST`, and Lua's `vm.connect`
-/// in `run`, `test` and `repl` all come here, and nowhere else. The gRPC client (PlasmaRPC's
-/// `RemoteHost`) replaces this one definition; until then every remote host is unavailable.
-let remoteConnector: HostConnector = { _, _ in
-    throw PlasmaError(.unavailable, "remote hosts: the gRPC client is not built into this binary yet")
+/// in `run`, `test` and `repl` all come here, and nowhere else: the gRPC client of
+/// `plasmavmc serve` (PlasmaRPC's `RemoteHost`), which checks the server answers before it
+/// returns.
+let remoteConnector: HostConnector = { address, tls in
+    try await RemoteHost.connect(address, tls: tls)
 }
