@@ -26,7 +26,7 @@ public struct VmService: Plasmavmc_V1_VmService.SimpleServiceProtocol {
     /// its own that is cancelled when the RPC is: the client cancelled, its deadline passed, or
     /// the connection broke (gRPC signals these apart from Task cancellation).
     private func handle<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
-        let task = Task { try await body() }
+        let task = Task(executorPreference: BlockingWorkExecutor.shared) { try await body() }
         do {
             return try await withTaskCancellationHandler {
                 try await withRPCCancellationHandler {
@@ -326,5 +326,19 @@ struct EventFollower {
     /// New events, and whether the VM is gone.
     func poll() async throws -> ([VMEvent], Bool) {
         try await follower.read()
+    }
+}
+
+/// Where handler bodies run: threads of a concurrent dispatch queue, not the cooperative pool.
+/// The KVM backend blocks its thread on sockets and files (each wait has a deadline), and the
+/// cooperative pool has one thread per core: a few callers waiting on a hung supervisor would
+/// otherwise stall every other call. Dispatch adds threads while others are blocked.
+final class BlockingWorkExecutor: TaskExecutor {
+    static let shared = BlockingWorkExecutor()
+    private let queue = DispatchQueue(label: "plasmavmc.rpc.work", attributes: .concurrent)
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        queue.async { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
     }
 }

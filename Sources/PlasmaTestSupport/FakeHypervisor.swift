@@ -21,14 +21,23 @@ public final class FakeHypervisor: Hypervisor, Sendable {
         var typed: [VMName: String] = [:]
         var events: [VMName: [VMEvent]] = [:]
         var cancelled: [String] = []
+        var enteredCreates = 0
     }
+
+    /// How many creates have begun (before any blocking).
+    public var enteredCreates: Int { state.withLock { $0.enteredCreates } }
 
     private let state = Mutex(State())
     /// How long each backend operation takes, to widen race windows in tests.
     public let operationDelay: Duration
 
-    public init(operationDelay: Duration = .zero) {
+    /// How long create blocks its thread (as the KVM backend blocks on a hung supervisor's
+    /// socket until its deadline), to check callers keep other work going meanwhile.
+    public let blockingCreate: Duration
+
+    public init(operationDelay: Duration = .zero, blockingCreate: Duration = .zero) {
         self.operationDelay = operationDelay
+        self.blockingCreate = blockingCreate
     }
 
     public var name: String { "fake" }
@@ -83,6 +92,8 @@ public final class FakeHypervisor: Hypervisor, Sendable {
     }
 
     public func create(_ spec: VMSpec) async throws -> VMStatus {
+        state.withLock { $0.enteredCreates += 1 }
+        if blockingCreate > .zero { usleep(UInt32(blockingCreate.components.seconds * 1_000_000 + blockingCreate.components.attoseconds / 1_000_000_000_000)) }
         let status = try state.withLock { st -> VMStatus in
             guard st.vms[spec.name] == nil else {
                 throw PlasmaError(.alreadyExists, "vm '\(spec.name)' already exists; delete it first or pick another name")

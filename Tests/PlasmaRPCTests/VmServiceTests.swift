@@ -5,6 +5,7 @@ import GRPCNIOTransportHTTP2
 @testable import PlasmaRPC
 import PlasmaTestSupport
 import PlasmaVMM
+import Synchronization
 import Testing
 
 /// A real server (PlasmaServer, HTTP/2 over a unix socket) over a fake hypervisor, and a real
@@ -16,8 +17,8 @@ final class Harness: Sendable {
     let server: PlasmaServer
     let task: Task<Void, any Error>
 
-    init(operationDelay: Duration = .zero) async throws {
-        fake = FakeHypervisor(operationDelay: operationDelay)
+    init(operationDelay: Duration = .zero, blockingCreate: Duration = .zero) async throws {
+        fake = FakeHypervisor(operationDelay: operationDelay, blockingCreate: blockingCreate)
         var template = Array("/tmp/pvrpc.XXXXXX".utf8CString)
         guard mkdtemp(&template) != nil else { throw PlasmaError(.internal, "mkdtemp failed") }
         dir = String(cString: template)
@@ -41,7 +42,9 @@ final class Harness: Sendable {
         try? FileManager.default.removeItem(atPath: dir)
     }
 
-    func client() async throws -> RemoteHost { try await RemoteHost.connect(address) }
+    /// A generous deadline for the first call: the whole test process shares two threads
+    /// with suites that block theirs.
+    func client() async throws -> RemoteHost { try await RemoteHost.connect(address, timeout: .seconds(120)) }
 
     /// The generated stub on a connection of its own, for raw status codes.
     func withStub<T: Sendable>(_ body: (Plasmavmc_V1_VmService.Client<HTTP2ClientTransport.Posix>) async throws -> T) async throws -> T {
@@ -52,8 +55,9 @@ final class Harness: Sendable {
         }
     }
 
-    static func with(operationDelay: Duration = .zero, _ body: (Harness) async throws -> Void) async throws {
-        let h = try await Harness(operationDelay: operationDelay)
+    static func with(operationDelay: Duration = .zero, blockingCreate: Duration = .zero,
+                     _ body: (Harness) async throws -> Void) async throws {
+        let h = try await Harness(operationDelay: operationDelay, blockingCreate: blockingCreate)
         do {
             try await body(h)
         } catch {
@@ -62,6 +66,12 @@ final class Harness: Sendable {
         }
         try await h.stop()
     }
+}
+
+final class Counter: Sendable {
+    private let m = Mutex(0)
+    func add() { m.withLock { $0 += 1 } }
+    var value: Int { m.withLock { $0 } }
 }
 
 func spec(_ name: String) throws -> VMSpec { VMSpec(name: try VMName(name), kernel: "/k") }
@@ -209,27 +219,49 @@ struct VmServiceTests {
         #expect(lost.code == .unavailable && lost.message.contains("unix:/x"))
     }
 
-    @Test("A deadline shorter than the operation: DEADLINE_EXCEEDED, and the server keeps serving")
+    @Test("A deadline shorter than the operation: DEADLINE_EXCEEDED, the handler is cancelled, and the server keeps serving")
     func deadline() async throws {
-        try await Harness.with(operationDelay: .seconds(3)) { h in
+        try await Harness.with(operationDelay: .seconds(120)) { h in
             try await h.withStub { stub in
                 var create = Plasmavmc_V1_CreateVmRequest()
                 create.spec = pbSpec("slow")
                 var options = CallOptions.defaults
-                options.timeout = .milliseconds(200)
+                options.timeout = .seconds(2)
                 #expect(await code { try await stub.createVm(create, options: options) } == .deadlineExceeded)
                 #expect(await code { try await stub.listVms(Plasmavmc_V1_ListVmsRequest()) } == nil)
-                // The handler was cancelled at the deadline: the fake's create (3 s) did not finish.
-                var get = Plasmavmc_V1_VmRef()
-                get.name = "slow"
-                var saw = false
-                for _ in 0..<50 where !saw {
+                // The handler was cancelled at the deadline: the fake's create (120 s) was cut short.
+                var cancelled = false
+                for _ in 0..<600 where !cancelled {
                     try await Task.sleep(for: .milliseconds(100))
-                    saw = h.fake.calls.contains("create slow")
+                    cancelled = h.fake.cancelledOperations.contains("create slow")
                 }
-                #expect(saw)
-                #expect(h.fake.cancelledOperations.contains("create slow"))
+                #expect(h.fake.calls.contains("create slow"))
+                #expect(cancelled)
             }
+        }
+    }
+
+    @Test("Calls whose backend blocks its thread do not hold up other calls")
+    func blockedBackendDoesNotStallOthers() async throws {
+        try await Harness.with(blockingCreate: .seconds(3)) { h in
+            let host = try await h.client()
+            let finished = Counter()
+            let creates = (0..<4).map { i in
+                Task {
+                    _ = try await host.create(try spec("b\(i)"))
+                    finished.add()
+                }
+            }
+            // Until every create is in the backend (blocking a thread each), then a list.
+            for _ in 0..<600 where h.fake.enteredCreates < 4 {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            let listed = try await host.list()
+            #expect(finished.value == 0, "the list waited for blocked creates")
+            #expect(listed.isEmpty, "the blocked creates had not made their VMs yet")
+            for t in creates { try await t.value }
+            for i in 0..<4 { try await host.delete(try VMName("b\(i)"), force: true) }
+            await host.close()
         }
     }
 
@@ -346,13 +378,20 @@ struct VmServiceTests {
     func shutdownEndsStreams() async throws {
         let h = try await Harness()
         let host = try await h.client()
+        let n = try VMName("s1")
         _ = try await host.create(try spec("s1"))
+        _ = try await host.start(n)
+        let live = Counter()
         let watch = Task {
             try await h.withStub { stub in
                 var request = Plasmavmc_V1_WatchVmRequest()
                 request.name = "s1"
                 return try await stub.watchVm(request) { response in
-                    for try await _ in response.messages {}
+                    var first = true
+                    for try await _ in response.messages where first {
+                        first = false
+                        live.add()
+                    }
                     return "ended"
                 }
             }
@@ -363,12 +402,23 @@ struct VmServiceTests {
                 request.name = "s1"
                 request.follow = true
                 return try await stub.readConsole(request) { response in
-                    for try await _ in response.messages {}
+                    var first = true
+                    for try await chunk in response.messages where first && !chunk.data.isEmpty {
+                        first = false
+                        live.add()
+                    }
                     return "ended"
                 }
             }
         }
-        try await Task.sleep(for: .milliseconds(300))
+        // Until both streams have delivered something.
+        for _ in 0..<1200 where live.value < 2 {
+            try? await host.pause(n)
+            try? await host.resume(n)
+            h.fake.appendConsole(n, "x")
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        #expect(live.value == 2)
         h.server.shutdown()
         #expect(try await watch.value == "ended")
         #expect(try await follow.value == "ended")
