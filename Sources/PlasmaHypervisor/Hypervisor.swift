@@ -77,6 +77,10 @@ public protocol Hypervisor: Sendable {
     func consoleConnection(_ name: VMName) async throws -> Int32
     /// Entries of the VM's event log from byte `offset` on, and the offset to read from next.
     func events(_ name: VMName, from offset: Int) async throws -> (events: [VMEvent], next: Int)
+    /// The VM's event log held open, for a follower: once the VM is deleted, `events` says
+    /// `notFound`, but the handle still reads what was logged up to the delete. Nil when the
+    /// backend cannot hold its log open (or the VM has no log yet).
+    func openEventLog(_ name: VMName) async throws -> (any VMEventLogHandle)?
     /// Runs a raw monitor (QMP) command; arguments and reply are JSON text.
     func monitorCommand(_ name: VMName, _ command: String, argumentsJSON: String?) async throws -> String
     /// A status probe for `name`, or nil when the backend has none or the VM is not up.
@@ -95,7 +99,19 @@ public protocol VMStatusProbe: AnyObject {
     func close()
 }
 
+/// One VM's event log held open (`Hypervisor.openEventLog`). It reads the same entries and
+/// offsets as `Hypervisor.events`, and goes on reading them after the VM is deleted.
+public protocol VMEventLogHandle: AnyObject, Sendable {
+    /// Entries from byte `offset` on, and the offset to read from next (as `Hypervisor.events`).
+    func read(from offset: Int) -> (events: [VMEvent], next: Int)
+    /// False once the log the handle holds is no longer the VM's current log (it was rotated,
+    /// or the VM deleted): a follower opens it again.
+    var isCurrent: Bool { get }
+}
+
 extension Hypervisor {
     /// A status probe for `name`, or nil when the backend has none or the VM is not up.
     public func statusProbe(_ name: VMName) -> (any VMStatusProbe)? { nil }
+    /// No held log: followers of such a backend may miss the events logged just before a delete.
+    public func openEventLog(_ name: VMName) async throws -> (any VMEventLogHandle)? { nil }
 }

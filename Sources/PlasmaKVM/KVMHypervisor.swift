@@ -361,6 +361,11 @@ public struct KVMHypervisor: Hypervisor {
         return EventLog.read(paths.events, from: offset)
     }
 
+    public func openEventLog(_ name: VMName) async throws -> (any VMEventLogHandle)? {
+        let paths = try existing(name)
+        return EventLog.Handle(path: paths.events)
+    }
+
     public func statusProbe(_ name: VMName) -> (any VMStatusProbe)? {
         guard let paths = try? existing(name),
               let launch = (try? RecordFile.read(LaunchRecord.self, from: paths.launch)) ?? nil, launch.process.isAlive,

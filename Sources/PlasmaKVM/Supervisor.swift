@@ -210,7 +210,11 @@ enum EventLog {
         let size = Int((try? h.seekToEnd()) ?? 0)
         let from = offset > size || offset < 0 ? 0 : offset
         try? h.seek(toOffset: UInt64(from))
-        let data = (try? h.read(upToCount: 4 << 20)) ?? Data()
+        return parse((try? h.read(upToCount: 4 << 20)) ?? Data(), at: from)
+    }
+
+    /// The whole lines of `data`, read from byte `from` of a log, and the offset after them.
+    static func parse(_ data: Data, at from: Int) -> (events: [VMEvent], next: Int) {
         guard let lastNewline = data.lastIndex(of: 0x0a) else { return ([], from) }
         let whole = data[data.startIndex...lastNewline]
         var events: [VMEvent] = []
@@ -224,5 +228,48 @@ enum EventLog {
                                   json: String(decoding: line, as: UTF8.self)))
         }
         return (events, from + whole.count)
+    }
+
+    /// events.log held open (read-only, not following a symlink). The file outlives the VM's
+    /// folder while it is open, so a follower reads the entries logged up to a delete.
+    final class Handle: VMEventLogHandle {
+        let path: String
+        let fd: Int32
+        let device: UInt64
+        let inode: UInt64
+
+        init?(path: String) {
+            let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+            guard fd >= 0 else { return nil }
+            var st = stat()
+            guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+                Glibc.close(fd)
+                return nil
+            }
+            self.path = path
+            self.fd = fd
+            device = UInt64(st.st_dev)
+            inode = UInt64(st.st_ino)
+        }
+
+        deinit { Glibc.close(fd) }
+
+        func read(from offset: Int) -> (events: [VMEvent], next: Int) {
+            var st = stat()
+            guard fstat(fd, &st) == 0 else { return ([], offset) }
+            let size = Int(st.st_size)
+            let from = offset > size || offset < 0 ? 0 : offset
+            let count = min(size - from, 4 << 20)
+            guard count > 0 else { return ([], from) }
+            var data = Data(count: count)
+            let got = data.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count, off_t(from)) }
+            guard got > 0 else { return ([], from) }
+            return EventLog.parse(data.prefix(got), at: from)
+        }
+
+        var isCurrent: Bool {
+            var st = stat()
+            return lstat(path, &st) == 0 && UInt64(st.st_dev) == device && UInt64(st.st_ino) == inode
+        }
     }
 }

@@ -311,17 +311,22 @@ public struct VmService: Plasmavmc_V1_VmService.SimpleServiceProtocol {
     }
 }
 
-/// Reads one VM's event log as it grows. A hypervisor that can hold the log open (KVM) keeps
-/// reading it after the VM's folder is removed, so the last events before a delete are not lost.
+/// Reads one VM's event log as it grows. The log is also held open (where the backend can, as
+/// KVM does): when the VM is deleted between two polls, the events logged up to the delete (a
+/// stop's last steps, the exit) are read from the held log before the stream says "deleted".
 struct EventFollower {
     let name: VMName
     let manager: VMManager
     var offset: Int
+    /// The log held open; opened again when it is no longer the VM's current log (rotated).
+    var log: (any VMEventLogHandle)?
 
     init(manager: VMManager, name: VMName, replay: Bool) async throws {
         self.manager = manager
         self.name = name
         offset = 0
+        // Opened before the first read, so the held log is never older than what was read.
+        log = try await manager.openEventLog(name)
         if !replay {
             // Skip what is logged now.
             while true {
@@ -342,9 +347,23 @@ struct EventFollower {
                 if page.events.isEmpty || page.next == offset { break }
                 offset = page.next
             }
+            if log?.isCurrent != true {
+                log = try await manager.openEventLog(name)
+            }
             return (out, false)
         } catch let e as PlasmaError where e.code == .notFound {
-            return ([], true)
+            // Gone: what was logged since the last poll is still in the held log.
+            var out: [VMEvent] = []
+            if let log {
+                while true {
+                    let page = log.read(from: offset)
+                    out += page.events
+                    if page.events.isEmpty || page.next == offset { break }
+                    offset = page.next
+                }
+            }
+            log = nil
+            return (out, true)
         }
     }
 }

@@ -23,7 +23,7 @@ public final class FakeHypervisor: Hypervisor, Sendable {
         var cancelled: [String] = []
     }
 
-    private let state = Mutex(State())
+    fileprivate let state = Mutex(State())
     /// How long each backend operation takes, to widen race windows in tests.
     public let operationDelay: Duration
 
@@ -191,6 +191,26 @@ public final class FakeHypervisor: Hypervisor, Sendable {
         _ = try vm(name)
         let all = state.withLock { $0.events[name] ?? [] }
         return (Array(all.dropFirst(min(offset, all.count))), all.count)
+    }
+
+    /// The log held open: it reads the VM's events even after the VM is deleted (the fake keeps them).
+    public func openEventLog(_ name: VMName) async throws -> (any VMEventLogHandle)? {
+        _ = try vm(name)
+        return EventLogHandle(fake: self, name: name)
+    }
+
+    final class EventLogHandle: VMEventLogHandle {
+        let fake: FakeHypervisor
+        let name: VMName
+        init(fake: FakeHypervisor, name: VMName) {
+            self.fake = fake
+            self.name = name
+        }
+        func read(from offset: Int) -> (events: [VMEvent], next: Int) {
+            let all = fake.state.withLock { $0.events[name] ?? [] }
+            return (Array(all.dropFirst(min(offset, all.count))), all.count)
+        }
+        var isCurrent: Bool { true }
     }
 
     public func monitorCommand(_ name: VMName, _ command: String, argumentsJSON: String?) async throws -> String {

@@ -119,6 +119,12 @@ public struct VMManager: Sendable {
         return try await guarded { try await hypervisor.events(name, from: offset) }
     }
 
+    /// The VM's event log held open, so a follower still reads the events logged just before
+    /// the VM is deleted (nil when the backend cannot). Takes no lock.
+    public func openEventLog(_ name: VMName) async throws -> (any VMEventLogHandle)? {
+        try await guarded { try await hypervisor.openEventLog(name) }
+    }
+
     /// A raw QMP command; JSON text in and out. Legal while its QEMU is up.
     public func monitorCommand(_ name: VMName, _ command: String, argumentsJSON: String? = nil) async throws -> String {
         try await guarded { try await hypervisor.monitorCommand(name, command, argumentsJSON: argumentsJSON) }

@@ -271,6 +271,50 @@ struct VmServiceTests {
         }
     }
 
+    @Test("WatchVm: events logged just before a delete still come before 'deleted' (one VM and every VM)")
+    func watchKeepsTheLastEventsBeforeADelete() async throws {
+        try await Harness.with { h in
+            let host = try await h.client()
+            let n = try VMName("quick")
+            _ = try await host.create(try spec("quick"))
+            let started = AsyncStream<Void>.makeStream()
+            func watch(_ name: String) -> Task<[String], any Error> {
+                Task {
+                    try await h.withStub { stub in
+                        var request = Plasmavmc_V1_WatchVmRequest()
+                        request.name = name
+                        request.replay = true
+                        return try await stub.watchVm(request) { response in
+                            var kinds: [String] = []
+                            for try await e in response.messages where e.name == "quick" {
+                                kinds.append(e.kind)
+                                if kinds.count == 1 { started.continuation.yield() }
+                                if e.kind == "deleted" && name.isEmpty { break }
+                            }
+                            return kinds
+                        }
+                    }
+                }
+            }
+            let one = watch("quick"), every = watch("")
+            var ready = 0
+            for await _ in started.stream {
+                ready += 1
+                if ready == 2 { break }
+            }
+            // Start, stop and delete within one poll interval of the watches (20 ms): the
+            // events are logged, then the VM is gone before the watches look again.
+            _ = try await h.fake.start(n)
+            _ = try await h.fake.stop(n, timeout: .seconds(1))
+            try await h.fake.delete(n)
+            for (label, task) in [("one VM", one), ("every VM", every)] {
+                let kinds = try await task.value
+                #expect(kinds == ["create", "start", "stop", "delete", "deleted"], "\(label)")
+            }
+            await host.close()
+        }
+    }
+
     @Test("WatchVm of every VM sees VMs created after it began, from their first event")
     func watchAll() async throws {
         try await Harness.with { h in
