@@ -5,6 +5,7 @@ import GRPCNIOTransportHTTP2
 @testable import PlasmaRPC
 import PlasmaTestSupport
 import PlasmaVMM
+import Synchronization
 import Testing
 
 /// A real server (PlasmaServer, HTTP/2 over a unix socket) over a fake hypervisor, and a real
@@ -552,6 +553,56 @@ struct VmServiceTests {
         #expect(HostAddress.tcp(host: "127.0.0.2", port: 1).isLoopback)
         #expect(!HostAddress.tcp(host: "127.0.0.256", port: 1).isLoopback)
         #expect(!HostAddress.tcp(host: "10.0.0.1", port: 1).isLoopback)
+    }
+
+    /// Records the request metadata of every call.
+    final class MetadataRecorder: ServerInterceptor {
+        let seen = Mutex<[Metadata]>([])
+        func intercept<Input: Sendable, Output: Sendable>(
+            request: StreamingServerRequest<Input>, context: ServerContext,
+            next: @Sendable (StreamingServerRequest<Input>, ServerContext) async throws -> StreamingServerResponse<Output>
+        ) async throws -> StreamingServerResponse<Output> {
+            seen.withLock { $0.append(request.metadata) }
+            return try await next(request, context)
+        }
+    }
+
+    @Test("The server's transport drops the clients' grpc-timeout (gRPC's deadline timer held memory until it)",
+          arguments: [false, true])
+    func deadlineHeaderIsDropped(stripping: Bool) async throws {
+        var template = Array("/tmp/pvrpc.XXXXXX".utf8CString)
+        guard mkdtemp(&template) != nil else { throw PlasmaError(.internal, "mkdtemp failed") }
+        let dir = String(cString: template)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let fd = (dir + "/s.sock").withCString { plasma_unix_listen($0, 16) }
+        try #require(fd >= 0)
+        let posix = HTTP2ServerTransport.Posix(listeningSocketDescriptor: Int(fd), transportSecurity: .plaintext)
+        let recorder = MetadataRecorder()
+        let service = VmService(manager: VMManager(hypervisor: FakeHypervisor()))
+        @Sendable func serve<T: ListeningServerTransport>(_ transport: T) async throws {
+            try await withGRPCServer(transport: transport, services: [service], interceptors: [recorder]) { server in
+                let client = HTTP2ClientTransport.Posix.self
+                let transport = try client.init(target: .unixDomainSocket(path: dir + "/s.sock"), transportSecurity: .plaintext)
+                try await withGRPCClient(transport: transport) { c in
+                    var options = CallOptions.defaults
+                    options.timeout = .seconds(5)   // sent as "4999…u", which the server decodes
+                    var ref = Plasmavmc_V1_VmRef()
+                    ref.name = "nope"
+                    let stub = Plasmavmc_V1_VmService.Client(wrapping: c)
+                    #expect(await code { try await stub.getVm(ref, options: options) } == .notFound)
+                }
+                server.beginGracefulShutdown()
+            }
+        }
+        if stripping {
+            try await serve(DeadlineStrippingTransport(posix))
+        } else {
+            try await serve(posix)
+        }
+        let seen = recorder.seen.withLock { $0 }
+        #expect(seen.count == 1)
+        // Without the wrapper the header arrives (so the check below is not vacuous).
+        #expect(seen.first?[stringValues: "grpc-timeout"].contains(where: { _ in true }) == !stripping)
     }
 
     @Test("Connecting where no server answers fails at once, naming the address")
