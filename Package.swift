@@ -67,8 +67,13 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
-        // Benchmark driver for scripts/bench (QMP round trips through the Swift client).
-        .executableTarget(name: "plasmavmc-bench", dependencies: ["PlasmaQMP"], swiftSettings: strict),
+        // Benchmark driver for scripts/bench (QMP round trips through the Swift client, GetVm
+        // through the gRPC client).
+        .executableTarget(name: "plasmavmc-bench",
+                          dependencies: ["PlasmaQMP", "PlasmaRPC",
+                                         .product(name: "GRPCCore", package: "grpc-swift-2"),
+                                         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport")],
+                          swiftSettings: strict),
         // Test doubles shared by the test targets.
         .target(name: "PlasmaTestSupport",
                 dependencies: ["PlasmaHypervisor", "PlasmaQMP", "CPlasmaSys"],

@@ -53,7 +53,9 @@ public struct ServeOptions: Sendable {
 public final class PlasmaServer: Sendable {
     let service: VmService
     let options: ServeOptions
-    private let servers = Mutex<[GRPCServer<HTTP2ServerTransport.Posix>]>([])
+    private let servers = Mutex<[GRPCServer<Transport>]>([])
+    /// HTTP/2 over POSIX sockets, without the clients' grpc-timeout (see DeadlineStrippingTransport).
+    typealias Transport = DeadlineStrippingTransport<HTTP2ServerTransport.Posix>
     private let unixSockets = Mutex<[(path: String, device: UInt64, inode: UInt64)]>([])
 
     public init(manager: VMManager, options: ServeOptions) {
@@ -69,7 +71,7 @@ public final class PlasmaServer: Sendable {
     public func run(ready: @escaping @Sendable ([HostAddress]) -> Void) async throws {
         try options.validate()
         let security = try transportSecurity()
-        var made: [GRPCServer<HTTP2ServerTransport.Posix>] = []
+        var made: [GRPCServer<Transport>] = []
         defer { removeUnixSockets() }
         let config = HTTP2ServerTransport.Posix.Config.defaults { c in
             c.rpc.maxRequestPayloadSize = options.maxRequestBytes
@@ -93,7 +95,7 @@ public final class PlasmaServer: Sendable {
                 }
                 transport = HTTP2ServerTransport.Posix(address: bind, transportSecurity: security, config: config)
             }
-            made.append(GRPCServer(transport: transport, services: [service]))
+            made.append(GRPCServer(transport: DeadlineStrippingTransport(transport), services: [service]))
         }
         servers.withLock { $0 = made }
         try await withThrowingTaskGroup(of: Void.self) { group in

@@ -1,6 +1,8 @@
-// Benchmark driver for scripts/bench: QMP round trips through the Swift client.
+// Benchmark driver for scripts/bench: QMP round trips through the Swift client, and GetVm calls
+// through the gRPC client (GRPCBench.swift, for scripts/bench/grpc.sh).
 //
 //   plasmavmc-bench qmp SOCKET N [WARMUP]
+//   plasmavmc-bench grpc-getvm SOCKET NAME[,NAME…] N CONCURRENCY [WARMUP]
 //
 // Connects once, runs WARMUP (default 100) untimed then N timed sequential `query-status`
 // calls, closes, and prints one JSON line: {"n":…,"median_us":…,"p90_us":…,"mean_us":…,
@@ -35,8 +37,12 @@ func fmt(_ x: Double) -> String { String(format: "%.2f", x) }
 var args = Array(CommandLine.arguments.dropFirst())
 let wantSamples = args.contains("--samples")
 args.removeAll { $0 == "--samples" }
+if args.first == "grpc-getvm" {
+    await runGetVm(args, wantSamples: wantSamples)
+    exit(0)
+}
 guard args.count >= 3, args.count <= 4, args[0] == "qmp" || args[0] == "qmp-blocking" else {
-    fail("usage: plasmavmc-bench qmp|qmp-blocking SOCKET N [WARMUP] [--samples]")
+    fail("usage: plasmavmc-bench qmp|qmp-blocking SOCKET N [WARMUP] [--samples]\n       plasmavmc-bench grpc-getvm SOCKET NAME[,NAME…] N CONCURRENCY [WARMUP] [--samples]")
 }
 /// qmp: the async QMPClient; qmp-blocking: QMPConnection on this thread.
 let blocking = args[0] == "qmp-blocking"

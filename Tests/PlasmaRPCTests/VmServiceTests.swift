@@ -303,6 +303,50 @@ struct VmServiceTests {
         }
     }
 
+    @Test("WatchVm: events logged just before a delete still come before 'deleted' (one VM and every VM)")
+    func watchKeepsTheLastEventsBeforeADelete() async throws {
+        try await Harness.with { h in
+            let host = try await h.client()
+            let n = try VMName("quick")
+            _ = try await host.create(try spec("quick"))
+            let started = AsyncStream<Void>.makeStream()
+            func watch(_ name: String) -> Task<[String], any Error> {
+                Task {
+                    try await h.withStub { stub in
+                        var request = Plasmavmc_V1_WatchVmRequest()
+                        request.name = name
+                        request.replay = true
+                        return try await stub.watchVm(request) { response in
+                            var kinds: [String] = []
+                            for try await e in response.messages where e.name == "quick" {
+                                kinds.append(e.kind)
+                                if kinds.count == 1 { started.continuation.yield() }
+                                if e.kind == "deleted" && name.isEmpty { break }
+                            }
+                            return kinds
+                        }
+                    }
+                }
+            }
+            let one = watch("quick"), every = watch("")
+            var ready = 0
+            for await _ in started.stream {
+                ready += 1
+                if ready == 2 { break }
+            }
+            // Start, stop and delete within one poll interval of the watches (20 ms): the
+            // events are logged, then the VM is gone before the watches look again.
+            _ = try await h.fake.start(n)
+            _ = try await h.fake.stop(n, timeout: .seconds(1))
+            try await h.fake.delete(n)
+            for (label, task) in [("one VM", one), ("every VM", every)] {
+                let kinds = try await task.value
+                #expect(kinds == ["create", "start", "stop", "delete", "deleted"], "\(label)")
+            }
+            await host.close()
+        }
+    }
+
     @Test("WatchVm of every VM sees VMs created after it began, from their first event")
     func watchAll() async throws {
         try await Harness.with { h in
@@ -619,6 +663,56 @@ struct VmServiceTests {
         #expect(HostAddress.tcp(host: "127.0.0.2", port: 1).isLoopback)
         #expect(!HostAddress.tcp(host: "127.0.0.256", port: 1).isLoopback)
         #expect(!HostAddress.tcp(host: "10.0.0.1", port: 1).isLoopback)
+    }
+
+    /// Records the request metadata of every call.
+    final class MetadataRecorder: ServerInterceptor {
+        let seen = Mutex<[Metadata]>([])
+        func intercept<Input: Sendable, Output: Sendable>(
+            request: StreamingServerRequest<Input>, context: ServerContext,
+            next: @Sendable (StreamingServerRequest<Input>, ServerContext) async throws -> StreamingServerResponse<Output>
+        ) async throws -> StreamingServerResponse<Output> {
+            seen.withLock { $0.append(request.metadata) }
+            return try await next(request, context)
+        }
+    }
+
+    @Test("The server's transport drops the clients' grpc-timeout (gRPC's deadline timer held memory until it)",
+          arguments: [false, true])
+    func deadlineHeaderIsDropped(stripping: Bool) async throws {
+        var template = Array("/tmp/pvrpc.XXXXXX".utf8CString)
+        guard mkdtemp(&template) != nil else { throw PlasmaError(.internal, "mkdtemp failed") }
+        let dir = String(cString: template)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let fd = (dir + "/s.sock").withCString { plasma_unix_listen($0, 16) }
+        try #require(fd >= 0)
+        let posix = HTTP2ServerTransport.Posix(listeningSocketDescriptor: Int(fd), transportSecurity: .plaintext)
+        let recorder = MetadataRecorder()
+        let service = VmService(manager: VMManager(hypervisor: FakeHypervisor()))
+        @Sendable func serve<T: ListeningServerTransport>(_ transport: T) async throws {
+            try await withGRPCServer(transport: transport, services: [service], interceptors: [recorder]) { server in
+                let client = HTTP2ClientTransport.Posix.self
+                let transport = try client.init(target: .unixDomainSocket(path: dir + "/s.sock"), transportSecurity: .plaintext)
+                try await withGRPCClient(transport: transport) { c in
+                    var options = CallOptions.defaults
+                    options.timeout = .seconds(5)   // sent as "4999…u", which the server decodes
+                    var ref = Plasmavmc_V1_VmRef()
+                    ref.name = "nope"
+                    let stub = Plasmavmc_V1_VmService.Client(wrapping: c)
+                    #expect(await code { try await stub.getVm(ref, options: options) } == .notFound)
+                }
+                server.beginGracefulShutdown()
+            }
+        }
+        if stripping {
+            try await serve(DeadlineStrippingTransport(posix))
+        } else {
+            try await serve(posix)
+        }
+        let seen = recorder.seen.withLock { $0 }
+        #expect(seen.count == 1)
+        // Without the wrapper the header arrives (so the check below is not vacuous).
+        #expect(seen.first?[stringValues: "grpc-timeout"].contains(where: { _ in true }) == !stripping)
     }
 
     @Test("Connecting where no server answers fails at once, naming the address")

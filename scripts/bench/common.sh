@@ -1,4 +1,5 @@
-# Shared by the benchmark entry points run.sh, lua.sh and repl.sh; sourced, not run.
+# Shared by the benchmark entry points run.sh, lua.sh, repl.sh, lifecycle.sh and grpc.sh;
+# sourced, not run.
 #
 # The entry point sets, before sourcing (after `set -euo pipefail`):
 #   BENCH_NAME       prefix of its messages (bench, lua-bench, repl-bench)
@@ -104,6 +105,20 @@ bench_ensure_qmp_venv() {
         echo "$BENCH_NAME: installing qemu.qmp into $VENV" >&2
         python3 -m venv "$VENV"
         "$VENV/bin/pip" install --quiet --disable-pip-version-check qemu.qmp
+    fi
+}
+
+# bench_ensure_grpc_venv: VENV=PLASMAVMC_GRPC_VENV (default .cache/grpc-venv), the venv of
+# scripts/grpc-e2e.sh with grpcio and grpcio-tools (Tests/grpc/requirements.txt, from PyPI),
+# made or refreshed when missing or when the requirements changed.
+bench_ensure_grpc_venv() {
+    VENV=${PLASMAVMC_GRPC_VENV:-$REPO_ROOT/.cache/grpc-venv}
+    local req=$REPO_ROOT/Tests/grpc/requirements.txt
+    if ! cmp -s "$req" "$VENV/requirements.txt" || ! "$VENV/bin/python" -c 'import grpc, grpc_tools.protoc' 2>/dev/null; then
+        echo "$BENCH_NAME: installing grpcio and grpcio-tools into $VENV" >&2
+        python3 -m venv "$VENV"
+        "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+        cp "$req" "$VENV/requirements.txt"
     fi
 }
 
