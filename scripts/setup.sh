@@ -15,6 +15,7 @@ command -v lua5.4 >/dev/null || need+=(lua5.4)
 dpkg -s libedit-dev >/dev/null 2>&1 || need+=(libedit-dev)
 command -v tmux >/dev/null || need+=(tmux)
 command -v pkg-config >/dev/null || need+=(pkg-config)
+command -v openssl >/dev/null || need+=(openssl)   # certificates for the TLS tests
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"

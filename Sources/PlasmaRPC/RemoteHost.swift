@@ -65,7 +65,15 @@ public final class RemoteHost: VMHost {
             case .unix(let path):
                 transport = try HTTP2ClientTransport.Posix(target: .unixDomainSocket(path: path), transportSecurity: security, config: config)
             case .tcp(let host, let port):
-                transport = try HTTP2ClientTransport.Posix(target: .dns(host: host, port: port), transportSecurity: security, config: config)
+                // An IP address is never sent as the TLS server name (SNI forbids it); the
+                // certificate is then checked against the address (an IP SAN).
+                if host.contains(":") {
+                    transport = try HTTP2ClientTransport.Posix(target: .ipv6(address: host, port: port), transportSecurity: security, config: config)
+                } else if host.split(separator: ".").count == 4, host.split(separator: ".").allSatisfy({ UInt8($0) != nil }) {
+                    transport = try HTTP2ClientTransport.Posix(target: .ipv4(address: host, port: port), transportSecurity: security, config: config)
+                } else {
+                    transport = try HTTP2ClientTransport.Posix(target: .dns(host: host, port: port), transportSecurity: security, config: config)
+                }
             }
         } catch {
             throw PlasmaError(.invalidArgument, "\(address): cannot set up the connection", cause: "\(error)")
