@@ -156,6 +156,7 @@ struct ServeCLITests {
             openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 -extfile srv.ext
             openssl req -newkey rsa:2048 -nodes -keyout cli.key -out cli.csr -subj /CN=client
             openssl x509 -req -in cli.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out cli.pem -days 2
+            openssl req -x509 -newkey rsa:2048 -nodes -keyout other-ca.key -out other-ca.pem -days 2 -subj /CN=another-ca
             """
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/bin/sh")
@@ -185,7 +186,7 @@ struct ServeCLITests {
                 "PLASMAVMC_TLS_CERT": c + "/cli.pem", "PLASMAVMC_TLS_KEY": c + "/cli.key"])
             #expect(try await env.run("ls").status == 0)
             // Without a client certificate, in plaintext, or trusting another CA: refused.
-            for args in [["--tls-ca", c + "/ca.pem"], [], ["--tls-ca", "/etc/ssl/certs/ca-certificates.crt", "--tls-cert", c + "/cli.pem", "--tls-key", c + "/cli.key"]] {
+            for args in [["--tls-ca", c + "/ca.pem"], [], ["--tls-ca", c + "/other-ca.pem", "--tls-cert", c + "/cli.pem", "--tls-key", c + "/cli.key"]] {
                 let r = try await cli.run(["ls", "--host", server.address] + args)
                 #expect(r.status == 6 && r.stderr.contains(server.address), "\(args): exit \(r.status) \(r.stderr)")
             }
