@@ -243,7 +243,7 @@ struct VmServiceTests {
 
     @Test("Calls whose backend blocks its thread do not hold up other calls")
     func blockedBackendDoesNotStallOthers() async throws {
-        try await Harness.with(blockingCreate: .seconds(3)) { h in
+        try await Harness.with(blockingCreate: .seconds(20)) { h in
             let host = try await h.client()
             let finished = Counter()
             let creates = (0..<4).map { i in
@@ -252,7 +252,9 @@ struct VmServiceTests {
                     finished.add()
                 }
             }
-            // Until every create is in the backend (blocking a thread each), then a list.
+            // Until every create is in the backend (blocking a thread each), then a list. Dispatch
+            // adds threads while others are blocked, but may take a moment on a loaded machine:
+            // hence creates that block for 20 s.
             for _ in 0..<600 where h.fake.enteredCreates < 4 {
                 try await Task.sleep(for: .milliseconds(20))
             }
