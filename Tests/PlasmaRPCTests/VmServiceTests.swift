@@ -621,7 +621,7 @@ struct VmServiceTests {
         let ready = AsyncStream<Void>.makeStream()
         let task = Task { try await server.run { _ in ready.continuation.yield() } }
         for await _ in ready.stream { break }
-        let host = try await RemoteHost.connect(.unix(path: path))
+        let host = try await RemoteHost.connect(.unix(path: path), timeout: .seconds(120))
         #expect(try await host.list().isEmpty)
         await host.close()
         server.shutdown()
@@ -697,7 +697,7 @@ struct VmServiceTests {
                 let transport = try client.init(target: .unixDomainSocket(path: dir + "/s.sock"), transportSecurity: .plaintext)
                 try await withGRPCClient(transport: transport) { c in
                     var options = CallOptions.defaults
-                    options.timeout = .seconds(5)   // sent as "4999…u", which the server decodes
+                    options.timeout = .seconds(120)   // sent as grpc-timeout; generous: the test process may be starved
                     var ref = Plasmavmc_V1_VmRef()
                     ref.name = "nope"
                     let stub = Plasmavmc_V1_VmService.Client(wrapping: c)
