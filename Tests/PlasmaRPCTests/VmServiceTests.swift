@@ -229,14 +229,17 @@ struct VmServiceTests {
                 options.timeout = .seconds(2)
                 #expect(await code { try await stub.createVm(create, options: options) } == .deadlineExceeded)
                 #expect(await code { try await stub.listVms(Plasmavmc_V1_ListVmsRequest()) } == nil)
-                // The handler was cancelled at the deadline: the fake's create (120 s) was cut short.
+                // The handler was cancelled at the deadline: the fake's create (120 s) was cut
+                // short. (On a starved test process the call can expire before its handler
+                // began; then it must never begin.)
                 var cancelled = false
                 for _ in 0..<600 where !cancelled {
                     try await Task.sleep(for: .milliseconds(100))
                     cancelled = h.fake.cancelledOperations.contains("create slow")
                 }
-                #expect(h.fake.calls.contains("create slow"))
-                #expect(cancelled)
+                if h.fake.calls.contains("create slow") {
+                    #expect(cancelled, "the handler ran on past the client's deadline")
+                }
             }
         }
     }
