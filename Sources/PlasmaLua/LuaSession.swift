@@ -31,6 +31,9 @@ public final class LuaSession: @unchecked Sendable {
     var interruptKind: PlanOutcome.Kind = .interrupted
     /// True while a chunk runs; interrupts outside of one are ignored.
     var active = false
+    /// Set when a run has ended (under `inbox`): an interrupt that came before the run began
+    /// is retried until the run is active or has ended.
+    var runEnded = false
 
     /// VMs the session made ephemeral (removed at the end), those whose `<close>` deletion is
     /// left to cleanup, and every VM it created, each with its host. Shared with tasks and the
@@ -141,6 +144,7 @@ public final class LuaSession: @unchecked Sendable {
         settle()
         inbox.lock()
         active = false
+        runEnded = true
         interruptReason = nil
         plasma_control_clear(control)
         inbox.unlock()
@@ -166,6 +170,13 @@ public final class LuaSession: @unchecked Sendable {
     /// again at every later one, so a pcall cannot swallow it), and its pending operations are
     /// cancelled. Safe from any thread (signal handler, timer). Ignored when no chunk runs.
     /// Returns whether a chunk was running.
+    /// Whether a run has ended.
+    public var hasEnded: Bool {
+        inbox.lock()
+        defer { inbox.unlock() }
+        return runEnded
+    }
+
     @discardableResult
     public func interrupt(_ why: String, as kind: PlanOutcome.Kind = .interrupted) -> Bool {
         inbox.lock()

@@ -109,7 +109,12 @@ public final class PlanRunner: Sendable {
         if let timeout = options.timeout {
             let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18
             DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { [session] in
-                session.interrupt("timed out after \(formatSeconds(seconds)) (--timeout)", as: .timedOut)
+                // The timer can fire before the run has begun (a loaded machine): retry until
+                // the interrupt lands or the run has ended, so a timeout is never lost.
+                while !session.interrupt("timed out after \(formatSeconds(seconds)) (--timeout)", as: .timedOut),
+                      !session.hasEnded {
+                    usleep(5_000)
+                }
             }
         }
         let outcome = session.run(arguments: options.arguments)
